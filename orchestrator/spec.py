@@ -1,0 +1,238 @@
+"""The campaign spec: one strict YAML file (pydantic) for `cotenant up`, `validate` and `run`.
+
+A misspelled key, a wrong type, a negative rate, a missing trace file or an active
+tenant that is not resident is one `SpecError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.errors import SpecError
+from servers.spec import TenantSpec
+from workloads.spec import EmpiricalLen, SyntheticWorkload, TraceWorkload, WorkloadSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExplicitSet(_Strict):
+    """An explicit experiment: these tenants resident, these active (default: all resident)."""
+
+    resident: list[str]
+    active: list[str] | None = None
+
+
+StrategyItem = Literal["isolated", "pairs", "all"] | ExplicitSet
+
+
+class ExperimentSettings(_Strict):
+    warmup_s: Annotated[float, Field(ge=0, description="Requests sent but flagged warm-up")] = 5.0
+    duration_s: Annotated[float, Field(gt=0, description="Measurement window")] = 30.0
+    drain_s: Annotated[float, Field(ge=0, description="Deadline for in-flight requests after")] = 30.0
+    repetitions: Annotated[int, Field(ge=1)] = 1
+    seed: Annotated[int, Field(ge=0)] = 0
+    rate_scales: Annotated[
+        list[Annotated[float, Field(gt=0)]],
+        Field(min_length=1, description="Sweep: multiply every offered rate by each factor"),
+    ] = [1.0]
+    residency: Annotated[
+        Literal["shared", "exact"],
+        Field(
+            description="shared: every tenant stays resident (idle ones hold memory), servers start "
+            "once; exact: only the active set is resident (restarts between sets)"
+        ),
+    ] = "shared"
+
+
+class Slo(_Strict):
+    ttft_ms: Annotated[float | None, Field(gt=0)] = None
+    tpot_ms: Annotated[float | None, Field(gt=0)] = None
+    e2e_ms: Annotated[float | None, Field(gt=0)] = None
+
+
+class TelemetrySettings(_Strict):
+    enabled: bool = True
+    interval_s: Annotated[float, Field(gt=0, description="Device counters (NVML or host)")] = 0.1
+    process_interval_s: Annotated[float, Field(gt=0, description="Per-process memory")] = 0.5
+    scrape_interval_s: Annotated[float, Field(gt=0, description="Tenants' /metrics")] = 1.0
+    gpm: bool = True
+
+
+class SharingSettings(_Strict):
+    mode: Literal["time-slice", "mps"] = "time-slice"
+    mps_active_thread_percentage: Annotated[
+        dict[str, Annotated[int, Field(ge=1, le=100)]],
+        Field(description="Per tenant CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
+    ] = {}
+
+
+class GpuSettings(_Strict):
+    memory_gib: Annotated[
+        float | None, Field(gt=0, description="Plan for this much memory instead of asking NVML")
+    ] = None
+    reserve_frac: Annotated[float, Field(ge=0, lt=1, description="Kept free for the driver")] = 0.05
+    index: Annotated[int, Field(ge=0)] = 0
+
+
+class CampaignSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    description: str = ""
+    tenants: Annotated[list[TenantSpec], Field(min_length=1)]
+    workloads: dict[str, WorkloadSpec] = {}
+    strategy: list[StrategyItem] = ["isolated"]
+    experiment: ExperimentSettings = ExperimentSettings()
+    slo: dict[str, Slo] = {}
+    telemetry: TelemetrySettings = TelemetrySettings()
+    sharing: SharingSettings = SharingSettings()
+    gpu: GpuSettings = GpuSettings()
+
+    @model_validator(mode="after")
+    def _names(self) -> CampaignSpec:
+        names = [t.name for t in self.tenants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tenant names must be unique; repeated: {', '.join(dup)}")
+        ports = [t.port for t in self.tenants if t.port is not None]
+        dupp = sorted({p for p in ports if ports.count(p) > 1})
+        if dupp:
+            raise ValueError(f"two tenants ask for the same port: {dupp}")
+        known = set(names)
+        for section in ("workloads", "slo"):
+            for key in getattr(self, section):
+                if key not in known:
+                    raise ValueError(f"{section}.{key}: no tenant named {key!r} (tenants: {', '.join(names)})")
+        for key in self.sharing.mps_active_thread_percentage:
+            if key not in known:
+                raise ValueError(f"sharing.mps_active_thread_percentage.{key}: no such tenant")
+        for i, item in enumerate(self.strategy):
+            if isinstance(item, ExplicitSet):
+                for n in item.resident + (item.active or []):
+                    if n not in known:
+                        raise ValueError(f"strategy.{i}: no tenant named {n!r}")
+                missing = [n for n in (item.active or []) if n not in item.resident]
+                if missing:
+                    raise ValueError(
+                        f"strategy.{i}.active: {', '.join(missing)} not in the resident set "
+                        f"{item.resident}"
+                    )
+        return self
+
+    def tenant(self, name: str) -> Any:
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def tenant_names(self) -> list[str]:
+        return [t.name for t in self.tenants]
+
+
+def _loc(loc: tuple[Any, ...], data: Any) -> str:
+    """Turn a pydantic location into a readable field path (tenants[1].name → tenants.llama.name)."""
+    parts: list[str] = []
+    node = data
+    for p in loc:
+        if isinstance(p, int) and isinstance(node, list) and p < len(node):
+            item = node[p]
+            label = item.get("name") if isinstance(item, dict) else None
+            parts.append(f"{p}({label})" if label else str(p))
+            node = item
+        else:
+            parts.append(str(p))
+            node = node.get(p) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> CampaignSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec is a YAML mapping with at least 'name' and 'tenants'")
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors()[:10]:
+            # the discriminator adds the chosen kind to the location; keep it, it helps
+            loc = _loc(tuple(err["loc"]), data) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (misspelled?)"
+            lines.append(f"  {loc}: {msg}")
+        more = "" if len(e.errors()) <= 10 else f"\n  ... and {len(e.errors()) - 10} more"
+        raise SpecError(f"{source}: invalid spec\n" + "\n".join(lines) + more) from None
+
+
+def load_spec(path: str | Path, *, check_files: bool = True) -> tuple[CampaignSpec, Path]:
+    """Read and validate a spec file. Returns the spec and the folder relative paths start from."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    spec = parse_spec(data, str(path))
+    base = path.resolve().parent
+    if check_files:
+        for name, w in spec.workloads.items():
+            for field, p in _files_of(w):
+                if not resolve_path(base, p).is_file():
+                    raise SpecError(f"{path}: workloads.{name}.{field}: no such file: {p}")
+    return spec, base
+
+
+def _files_of(w: SyntheticWorkload | TraceWorkload) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if isinstance(w, TraceWorkload):
+        out.append(("path", w.path))
+    else:
+        for field in ("input_tokens", "output_tokens", "batch_size"):
+            d = getattr(w, field)
+            if isinstance(d, EmpiricalLen):
+                out.append((f"{field}.path", d.path))
+    return out
+
+
+def resolve_path(base: Path, p: str) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else base / q
+
+
+# ---- strategy expansion -----------------------------------------------------------------
+
+
+def expand_sets(spec: CampaignSpec) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(resident, active) pairs the strategy asks for, in spec order, without repeats."""
+    names = spec.tenant_names
+    exact = spec.experiment.residency == "exact"
+    out: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    def add(resident: tuple[str, ...], active: tuple[str, ...]) -> None:
+        key = (tuple(sorted(resident, key=names.index)), tuple(sorted(active, key=names.index)))
+        if key not in out:
+            out.append(key)
+
+    everyone = tuple(names)
+    for item in spec.strategy:
+        if item == "isolated":
+            for n in names:
+                add((n,) if exact else everyone, (n,))
+        elif item == "pairs":
+            for a, b in itertools.combinations(names, 2):
+                add((a, b) if exact else everyone, (a, b))
+        elif item == "all":
+            add(everyone, everyone)
+        elif isinstance(item, ExplicitSet):
+            add(tuple(item.resident), tuple(item.active or item.resident))
+    return out

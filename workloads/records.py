@@ -1,0 +1,56 @@
+"""The per-request row: the schema of ``requests.jsonl`` / ``requests.parquet`` (DESIGN.md).
+
+Times are seconds from the experiment's monotonic anchor (``time.perf_counter_ns``
+converted once, when the row is made). The wall-clock anchor lives in the manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from workloads.fileio import atomic_write_parquet, read_jsonl_rows
+
+REQUEST_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "experiment_id": pl.Utf8,
+    "tenant": pl.Utf8,
+    "request_id": pl.Int64,
+    "kind": pl.Utf8,  # completion | chat | embedding
+    "scheduled_s": pl.Float64,  # when the trace said it is due
+    "sent_s": pl.Float64,  # when the request went out
+    "first_token_s": pl.Float64,  # first content token (embedding: null)
+    "done_s": pl.Float64,  # last byte received, or the error
+    "input_tokens": pl.Int64,  # as sent (trace)
+    "output_tokens": pl.Int64,  # as reported by the server's usage
+    "expected_output_tokens": pl.Int64,  # as asked (trace)
+    "batch_size": pl.Int64,  # embedding: items in the request
+    "itl_s": pl.List(pl.Float64),  # gaps between streamed token chunks
+    "status": pl.Utf8,  # ok | error | timeout | dropped
+    "http_status": pl.Int64,
+    "error": pl.Utf8,
+    "warmup": pl.Boolean,  # scheduled inside the warm-up window
+    "in_window": pl.Boolean,  # scheduled inside the measurement window
+}
+
+STATUSES = ("ok", "error", "timeout", "dropped")
+
+
+def empty_requests_frame() -> pl.DataFrame:
+    return pl.DataFrame(schema=REQUEST_SCHEMA)
+
+
+def rows_to_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows (dicts) to a frame with exactly ``REQUEST_SCHEMA``; missing keys become null."""
+    if not rows:
+        return empty_requests_frame()
+    cols = {name: [r.get(name) for r in rows] for name in REQUEST_SCHEMA}
+    return pl.DataFrame(cols, schema=REQUEST_SCHEMA)
+
+
+def compact_jsonl(jsonl: str | Path, parquet: str | Path) -> pl.DataFrame:
+    """Turn the append-only ``requests.jsonl`` into ``requests.parquet`` (atomically)."""
+    df = rows_to_frame(read_jsonl_rows(jsonl)) if Path(jsonl).exists() else empty_requests_frame()
+    atomic_write_parquet(parquet, df)
+    return df
