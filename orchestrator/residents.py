@@ -1,0 +1,152 @@
+"""A resident set: the tenants started together, one at a time in the planner's order, kept up
+across the experiments that share them, watched, restarted after a crash, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.planner import MemoryPlan
+from orchestrator.results import tail
+from servers.errors import ServerError
+from servers.spec import EncoderTenant, VllmTenant
+
+TenantSpecT = VllmTenant | EncoderTenant
+
+
+@dataclass
+class StartRecord:
+    tenant: str
+    seconds: float
+    log_path: Path
+
+
+class ResidentSet:
+    """Start, watch and stop the servers of one resident set.
+
+    ``start()`` starts tenants one after the other, each only after the previous one answers
+    ``/health`` (vLLM sizes its KV cache from what is free while it profiles; concurrent
+    starts mis-size it). ``stop()`` stops them all and is safe to call twice.
+    """
+
+    def __init__(
+        self,
+        tenants: list[TenantSpecT],
+        plan: MemoryPlan,
+        log_dir: Path,
+        cache_root: Path,
+        env_for: Callable[[str], dict[str, str]] | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        order = {n: i for i, n in enumerate(plan.start_order)}
+        self.tenants = sorted(tenants, key=lambda t: order.get(t.name, len(order)))
+        self.plan = plan
+        self.log_dir = log_dir
+        self.cache_root = cache_root
+        self.env_for = env_for or (lambda name: {})
+        self.on_event = on_event or (lambda msg: None)
+        self.running: dict[str, Any] = {}  # name -> servers.launch.RunningTenant
+        self.starts: list[StartRecord] = []
+        self._log_count: dict[str, int] = {}
+        self.kv_info: dict[str, dict[str, Any]] = {}
+
+    def _log_path(self, name: str) -> Path:
+        n = self._log_count.get(name, 0)
+        self._log_count[name] = n + 1
+        # one file per start of a server, in the campaign's logs folder
+        existing = sorted(self.log_dir.glob(f"{name}.*.log"))
+        return self.log_dir / f"{name}.{len(existing)}.log"
+
+    def start(self) -> None:
+        from servers.launch import read_kv_cache_info, start_tenant
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for t in self.tenants:
+            if t.name in self.running:
+                continue
+            log_path = self._log_path(t.name)
+            self.on_event(f"starting {t.name} ({t.kind}, {t.model}, share {self.plan.share(t.name):.2f})")
+            t0 = time.monotonic()
+            running = start_tenant(
+                t,
+                share=self.plan.share(t.name),
+                port=t.port,
+                log_path=log_path,
+                cache_root=self.cache_root,
+                extra_env=self.env_for(t.name),
+            )
+            self.running[t.name] = running
+            secs = time.monotonic() - t0
+            self.starts.append(StartRecord(t.name, secs, log_path))
+            if t.kind == "vllm":
+                with contextlib.suppress(ServerError, OSError, ValueError):
+                    self.kv_info[t.name] = read_kv_cache_info(running)
+            self.on_event(f"{t.name} healthy after {secs:.1f} s at {running.base_url}")
+
+    def dead(self) -> dict[str, str]:
+        """Tenants whose process is gone: name -> reason."""
+        out = {}
+        for name, r in self.running.items():
+            if not r.process.alive():
+                out[name] = f"tenant {name} exited (return code {r.process.returncode})"
+        return out
+
+    def log_tails(self, names: list[str] | None = None, lines: int = 30) -> dict[str, str]:
+        return {
+            n: tail(Path(r.process.log_path), lines)
+            for n, r in self.running.items()
+            if names is None or n in names
+        }
+
+    def stop(self) -> None:
+        errors = []
+        for name in reversed(list(self.running)):
+            r = self.running.pop(name)
+            try:
+                r.process.stop()
+            except Exception as e:  # keep stopping the others; report after
+                errors.append(f"{name}: {e}")
+        if errors:
+            self.on_event("errors while stopping: " + "; ".join(errors))
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> ResidentSet:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Per-tenant facts for manifests and the endpoint table."""
+        out: dict[str, dict[str, Any]] = {}
+        for t in self.tenants:
+            r = self.running.get(t.name)
+            p = self.plan.by_name(t.name)
+            resolved = getattr(r, "resolved", None)
+            out[t.name] = {
+                "kind": t.kind,
+                "model": t.model,
+                "model_path": getattr(resolved, "path", None),
+                "random_weights": getattr(resolved, "random_weights", None),
+                "memory_share": p.share,
+                "memory_bytes": p.share_bytes,
+                "planned_kv_tokens": p.kv_tokens,
+                "kv_cache_tokens": (self.kv_info.get(t.name) or {}).get("kv_cache_tokens"),
+                "port": getattr(r, "port", None),
+                "url": getattr(r, "base_url", None),
+                "pid": r.process.pid if r else None,
+                "log": str(r.process.log_path) if r else None,
+            }
+        return out

@@ -1,0 +1,282 @@
+"""The campaign loop: plan memory, start each resident set once, run its experiments, record
+everything, survive crashed tenants, stop every server on the way out, build the report."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator.campaign import CampaignPlan, Experiment, plan_campaign
+from orchestrator.envelope import host_info, utc_now, versions
+from orchestrator.errors import CampaignError
+from orchestrator.experiment import ExperimentOutcome, TenantDied, run_experiment
+from orchestrator.planner import GiB, MemoryPlan, plan_memory, tenant_need
+from orchestrator.residents import ResidentSet
+from orchestrator.results import Manifest, experiment_status, read_campaign, write_campaign
+from orchestrator.spec import CampaignSpec
+from servers.errors import ServerError
+
+
+def device_memory(spec: CampaignSpec) -> tuple[str, int, dict[str, Any] | None]:
+    """(backend, total bytes to plan for, GPU facts or None)."""
+    from orchestrator.telemetry import detect_gpu
+
+    gpu = detect_gpu(spec.gpu.index)
+    if spec.gpu.memory_gib is not None:
+        backend = "cuda" if gpu else "cpu"
+        return backend, int(spec.gpu.memory_gib * GiB), gpu
+    if gpu:
+        return "cuda", int(gpu["memory_total_bytes"]), gpu
+    import psutil
+
+    return "cpu", int(psutil.virtual_memory().total), None
+
+
+def make_memory_plan(spec: CampaignSpec) -> tuple[MemoryPlan, dict[str, Any] | None]:
+    from servers.presets import model_config
+
+    backend, total, gpu = device_memory(spec)
+    needs = [tenant_need(t, model_config(t.model), backend) for t in spec.tenants]  # type: ignore[arg-type]
+    return plan_memory(needs, total_bytes=total, backend=backend,  # type: ignore[arg-type]
+                       reserve_frac=spec.gpu.reserve_frac), gpu
+
+
+@dataclass
+class CampaignResult:
+    run_dir: Path
+    outcomes: list[ExperimentOutcome] = field(default_factory=list)
+    skipped: int = 0
+    wall_s: float = 0.0
+    window_s: float = 0.0
+    report: Any = None
+
+    @property
+    def failed(self) -> list[ExperimentOutcome]:
+        return [o for o in self.outcomes if o.status != "completed"]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def prepare_run_dir(out_root: Path, spec: CampaignSpec, *, resume: bool, overwrite: bool) -> Path:
+    run_dir = out_root / spec.name
+    existing = read_campaign(run_dir) if run_dir.exists() else None
+    if existing and not resume:
+        if not overwrite:
+            raise CampaignError(
+                f"{run_dir} already holds a campaign; --resume finishes it, --overwrite replaces it"
+            )
+        shutil.rmtree(run_dir)
+    if existing and resume and existing.get("spec") != spec.model_dump(mode="json"):
+        raise CampaignError(
+            f"{run_dir}: the spec changed since this campaign started; resume needs the same spec "
+            "(or use --overwrite, or a different name)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_campaign(
+    spec: CampaignSpec,
+    base: Path,
+    out_root: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    report: bool = True,
+    executor: str = "local",
+) -> CampaignResult:
+    console = console or Console(stderr=True)
+    t0 = time.monotonic()
+    plan = plan_campaign(spec)
+    mem, gpu = make_memory_plan(spec)
+    run_dir = prepare_run_dir(out_root, spec, resume=resume, overwrite=overwrite)
+    prior = read_campaign(run_dir) or {}
+    campaign_data = {
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "versions": versions(),
+        "host": host_info(),
+        "gpu": gpu,
+        "backend": mem.backend,
+        "plan": mem.to_dict(),
+        "experiments": [e.id for e in plan.experiments],
+        "executor": executor,
+        "started_at": prior.get("started_at") or utc_now(),
+        "resumed_at": utc_now() if prior else None,
+        "ended_at": None,
+        "status": "running",
+    }
+    write_campaign(run_dir, campaign_data)
+    result = CampaignResult(run_dir)
+    status = "interrupted"
+    try:
+        with _sigterm_as_interrupt():
+            _run_groups(spec, base, plan, mem, gpu, run_dir, resume, console, result, executor)
+        status = "completed"
+    finally:
+        result.wall_s = time.monotonic() - t0
+        campaign_data.update(ended_at=utc_now(), status=status, wall_s=result.wall_s)
+        write_campaign(run_dir, campaign_data)
+    if report:
+        try:
+            from reports import build_report
+
+            result.report = build_report(run_dir)
+        except Exception as e:  # the measurements are safe; say why the report is missing
+            console.print(f"[red]report failed:[/] {type(e).__name__}: {e}")
+    return result
+
+
+def _run_groups(
+    spec: CampaignSpec,
+    base: Path,
+    plan: CampaignPlan,
+    mem: MemoryPlan,
+    gpu: dict[str, Any] | None,
+    run_dir: Path,
+    resume: bool,
+    console: Console,
+    result: CampaignResult,
+    executor: str,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = len(plan.experiments)
+    todo = [
+        [e for e in g.experiments if not (resume and experiment_status(run_dir / e.id) == "completed")]
+        for g in plan.groups
+    ]
+    result.skipped = total - sum(len(t) for t in todo)
+    if result.skipped:
+        console.print(f"resume: {result.skipped} of {total} experiments already completed, skipped")
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=False,
+    )
+    with progress:
+        bar = progress.add_task(f"campaign {spec.name}", total=total, completed=result.skipped)
+        for group, pending in zip(plan.groups, todo, strict=True):
+            if not pending:
+                continue
+            tenants = [spec.tenant(n) for n in group.resident]
+            with _sharing(spec, run_dir) as env_for:
+                residents = ResidentSet(
+                    tenants, mem, run_dir / "logs", run_dir / ".cache", env_for=env_for,
+                    on_event=lambda m: progress.console.log(m),
+                )
+                try:
+                    residents.start()
+                except ServerError as e:
+                    residents.stop()
+                    for exp in pending:
+                        out = _fail_unstarted(spec, exp, run_dir, gpu, executor,
+                                              f"resident set did not start: {e}")
+                        result.outcomes.append(out)
+                        progress.advance(bar)
+                    continue
+                try:
+                    for exp in pending:
+                        progress.update(bar, description=f"{exp.id}")
+                        out = _one(spec, base, exp, residents, run_dir, gpu, executor, console)
+                        result.outcomes.append(out)
+                        result.window_s += spec.experiment.warmup_s + spec.experiment.duration_s
+                        progress.advance(bar)
+                        _say(progress.console, out)
+                        if out.status == "failed":
+                            try:
+                                progress.console.log("restarting the resident set after a failure")
+                                residents.restart()
+                            except ServerError as e:
+                                progress.console.log(f"[red]restart failed:[/] {e}")
+                                rest = pending[pending.index(exp) + 1:]
+                                for other in rest:
+                                    result.outcomes.append(_fail_unstarted(
+                                        spec, other, run_dir, gpu, executor,
+                                        f"resident set could not be restarted: {e}"))
+                                    progress.advance(bar)
+                                break
+                finally:
+                    residents.stop()
+
+
+def _manifest(spec: CampaignSpec, exp: Experiment, run_dir: Path, gpu: dict[str, Any] | None,
+              executor: str) -> Manifest:
+    x = spec.experiment
+    return Manifest(
+        run_dir / exp.id,
+        {
+            **exp.to_dict(),
+            "campaign": spec.name,
+            "warmup_s": x.warmup_s,
+            "duration_s": x.duration_s,
+            "drain_s": x.drain_s,
+            "slo": {n: s.model_dump(mode="json") for n, s in spec.slo.items()},
+            "sharing": spec.sharing.mode,
+            "executor": executor,
+            "host": host_info()["hostname"],
+            "gpu": gpu,
+        },
+    )
+
+
+def _one(spec: CampaignSpec, base: Path, exp: Experiment, residents: ResidentSet, run_dir: Path,
+         gpu: dict[str, Any] | None, executor: str, console: Console) -> ExperimentOutcome:
+    m = _manifest(spec, exp, run_dir, gpu, executor)
+    m.start()
+    try:
+        return run_experiment(spec, base, exp, residents, run_dir, m)
+    except TenantDied as e:  # died before the experiment began
+        m.finish("failed", str(e), log_tail=residents.log_tails(list(e.dead)))
+        return ExperimentOutcome(exp, "failed", str(e), 0, 0)
+
+
+def _fail_unstarted(spec: CampaignSpec, exp: Experiment, run_dir: Path, gpu: dict[str, Any] | None,
+                    executor: str, reason: str) -> ExperimentOutcome:
+    m = _manifest(spec, exp, run_dir, gpu, executor)
+    m.start()
+    m.finish("failed", reason)  # the reason quotes the failing tenant's log
+    return ExperimentOutcome(exp, "failed", reason, 0, 0)
+
+
+def _say(console: Console, out: ExperimentOutcome) -> None:
+    colour = {"completed": "green", "failed": "red", "interrupted": "yellow"}[out.status]
+    msg = f"[{colour}]{out.status}[/] {out.experiment.id}: {out.requests} requests, {out.errors} not ok"
+    if out.reason:
+        msg += f" ({out.reason})"
+    console.log(msg)
+
+
+@contextlib.contextmanager
+def _sharing(spec: CampaignSpec, run_dir: Path) -> Iterator[Any]:
+    """time-slice: nothing to do. mps: an MPS daemon for the resident set's lifetime."""
+    if spec.sharing.mode != "mps":
+        yield lambda name: {}
+        return
+    from orchestrator.mps import MpsDaemon
+
+    pct = spec.sharing.mps_active_thread_percentage
+    with MpsDaemon(run_dir / ".mps" / "pipe", run_dir / "logs" / "mps") as mps:
+        yield lambda name: mps.env_for(pct.get(name))

@@ -1,0 +1,229 @@
+"""The statistics of the reports, in plain numpy and math, so they can be checked by hand.
+
+* Percentiles are linear interpolation between order statistics (numpy's default,
+  Polars' ``interpolation="linear"``): p50 of [1, 2, 3, 4] is 2.5, p90 is 3.7.
+* A mean's 95% confidence interval is the Student t interval over repetitions:
+  ``mean ± t(0.975, n-1) * sd / sqrt(n)`` with the sample standard deviation (ddof 1).
+* A ratio of two means (co-located / alone, run B / run A) gets its interval on the
+  log scale by the delta method, with Welch-Satterthwaite degrees of freedom::
+
+      r = mA / mB
+      a = sA² / (nA mA²),  b = sB² / (nB mB²)          (squared relative standard errors)
+      se = sqrt(a + b),  df = (a + b)² / (a² / (nA-1) + b² / (nB-1))
+      CI = r * exp(± t(0.975, df) * se)
+
+  It needs at least two repetitions on each side and positive means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+LEVEL = 0.95
+# a CI whose half-width is above this share of its mean is too wide to rank on
+MAX_REL_HALF_WIDTH = 0.10
+
+
+# ---- Student t quantile (no scipy) ----------------------------------------------------------
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """CDF of Student's t distribution with ``df`` (real, > 0) degrees of freedom."""
+    if math.isinf(df):
+        return 0.5 * math.erfc(-t / math.sqrt(2.0))
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+@lru_cache(maxsize=4096)
+def _t_quantile(p: float, df: float) -> float:
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+        if hi > 1e12:
+            return math.inf
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Quantile of Student's t: ``t_quantile(0.975, 2) == 4.3027``."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if df <= 0 or math.isnan(df):
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    # round df so that the cache works for Welch's real-valued df
+    return _t_quantile(round(p, 12), round(float(df), 6))
+
+
+# ---- intervals --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    n: int
+    mean: float | None
+    sd: float | None
+    lo: float | None
+    hi: float | None
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.lo is None or self.hi is None else (self.hi - self.lo) / 2
+
+    @property
+    def rel_half_width(self) -> float | None:
+        hw = self.half_width
+        if hw is None or self.mean is None or self.mean == 0:
+            return None
+        return hw / abs(self.mean)
+
+    @property
+    def too_wide(self) -> bool:
+        """True where the interval cannot rank: one repetition, or half-width > 10% of the mean."""
+        rel = self.rel_half_width
+        if self.n < 2:
+            return True
+        if rel is None:
+            return self.mean == 0 and (self.half_width or 0) > 0
+        return rel > MAX_REL_HALF_WIDTH
+
+
+def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    return t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+
+
+def mean_ci(values: list[float] | np.ndarray, level: float = LEVEL) -> MeanCI:
+    """Mean and t interval of repetition values; nulls/NaN are left out."""
+    x = np.asarray([v for v in np.asarray(values, dtype=float) if not math.isnan(v)])
+    n = int(x.size)
+    if n == 0:
+        return MeanCI(0, None, None, None, None)
+    m = float(x.mean())
+    if n == 1:
+        return MeanCI(1, m, None, None, None)
+    sd = float(x.std(ddof=1))
+    hw = t_half_width(sd, n, level)
+    return MeanCI(n, m, sd, m - hw, m + hw)
+
+
+@dataclass(frozen=True)
+class RatioCI:
+    ratio: float | None
+    lo: float | None
+    hi: float | None
+    df: float | None
+
+    @property
+    def contains_one(self) -> bool | None:
+        if self.lo is None or self.hi is None:
+            return None
+        return self.lo <= 1.0 <= self.hi
+
+
+def ratio_ci(
+    mean_a: float | None,
+    sd_a: float | None,
+    n_a: int,
+    mean_b: float | None,
+    sd_b: float | None,
+    n_b: int,
+    level: float = LEVEL,
+) -> RatioCI:
+    """``mean_a / mean_b`` with a log-scale delta-method t interval (module docstring)."""
+    if mean_a is None or mean_b is None or mean_b == 0 or _nan(mean_a) or _nan(mean_b):
+        return RatioCI(None, None, None, None)
+    r = mean_a / mean_b
+    if (
+        n_a < 2
+        or n_b < 2
+        or sd_a is None
+        or sd_b is None
+        or _nan(sd_a)
+        or _nan(sd_b)
+        or mean_a <= 0
+        or mean_b <= 0
+    ):
+        return RatioCI(r, None, None, None)
+    a = sd_a**2 / (n_a * mean_a**2)
+    b = sd_b**2 / (n_b * mean_b**2)
+    if a + b == 0:
+        return RatioCI(r, r, r, math.inf)
+    df = (a + b) ** 2 / (a**2 / (n_a - 1) + b**2 / (n_b - 1))
+    se = math.sqrt(a + b)
+    t = t_quantile(0.5 + level / 2, df)
+    return RatioCI(r, r * math.exp(-t * se), r * math.exp(t * se), df)
+
+
+def ratio_ci_of(a: list[float], b: list[float], level: float = LEVEL) -> RatioCI:
+    """``ratio_ci`` from the repetition values themselves."""
+    ca, cb = mean_ci(a, level), mean_ci(b, level)
+    return ratio_ci(ca.mean, ca.sd, ca.n, cb.mean, cb.sd, cb.n, level)
+
+
+def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
+    """Linear-interpolation percentile (``q`` in [0, 1]); None for no values."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return None
+    return float(np.quantile(x, q))
+
+
+def _nan(v: float) -> bool:
+    return isinstance(v, float) and math.isnan(v)

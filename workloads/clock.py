@@ -1,0 +1,52 @@
+"""The experiment clock: one (wall clock, monotonic) anchor pair per experiment.
+
+Request rows, telemetry samples and scraped metrics all stamp ``clock.now_s()``: seconds
+from the same monotonic zero, so they join without a wall-clock skew. The wall clock
+is read once, at the anchor, and goes into the manifest (``anchor_wall_s``).
+
+``time.perf_counter_ns`` is ``CLOCK_MONOTONIC`` on Linux: one clock for every process
+of the host, which is what lets a stub server's own stamps be compared with ours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentClock:
+    """Zero of an experiment: ``wall_s`` (Unix seconds) and ``mono_ns`` (perf_counter_ns)."""
+
+    wall_s: float
+    mono_ns: int
+
+    @classmethod
+    def start(cls, delay_s: float = 0.0) -> ExperimentClock:
+        """A clock whose zero is ``delay_s`` from now (``now_s()`` is negative until then).
+
+        A delay gives the replayer time to prepare prompts before the first request is
+        due at zero, so that ``scheduled_s`` equals the trace's ``arrival_s``.
+        """
+        if delay_s < 0:
+            raise ValueError(f"delay_s must be >= 0, not {delay_s}")
+        mono = time.perf_counter_ns()
+        wall = time.time()
+        delay_ns = round(delay_s * 1e9)
+        return cls(wall_s=wall + delay_ns / 1e9, mono_ns=mono + delay_ns)
+
+    def now_s(self) -> float:
+        """Seconds since zero on the monotonic clock."""
+        return (time.perf_counter_ns() - self.mono_ns) / 1e9
+
+    def to_s(self, perf_ns: int) -> float:
+        """A ``time.perf_counter_ns()`` reading in seconds since zero."""
+        return (perf_ns - self.mono_ns) / 1e9
+
+    def to_ns(self, t_s: float) -> int:
+        """Seconds since zero as a ``time.perf_counter_ns()`` reading."""
+        return self.mono_ns + round(t_s * 1e9)
+
+    def wall_at(self, t_s: float) -> float:
+        """Unix time of ``t_s`` seconds since zero (for display; do not join on it)."""
+        return self.wall_s + t_s
