@@ -211,12 +211,14 @@ def _tiny_llama_config(
         "mlp_bias": False,
         "initializer_range": 0.02,
         "torch_dtype": "bfloat16",
+        "transformers_version": "4.46.0",
         "use_cache": True,
     }
 
 
 def _llama3_config(
-    *, hidden: int, inter: int, layers: int, heads: int, kv: int, factor: float, tie: bool
+    *, hidden: int, inter: int, layers: int, heads: int, kv: int, factor: float, tie: bool,
+    tf_version: str,
 ) -> dict[str, Any]:
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -247,6 +249,7 @@ def _llama3_config(
         "rope_theta": 500000.0,
         "tie_word_embeddings": tie,
         "torch_dtype": "bfloat16",
+        "transformers_version": tf_version,
         "use_cache": True,
         "vocab_size": 128256,
     }
@@ -254,7 +257,7 @@ def _llama3_config(
 
 def _qwen2_config(
     *, hidden: int, inter: int, layers: int, heads: int, kv: int, max_pos: int, vocab: int,
-    tie: bool,
+    tie: bool, tf_version: str,
 ) -> dict[str, Any]:
     return {
         "architectures": ["Qwen2ForCausalLM"],
@@ -276,6 +279,7 @@ def _qwen2_config(
         "sliding_window": max_pos,
         "tie_word_embeddings": tie,
         "torch_dtype": "bfloat16",
+        "transformers_version": tf_version,
         "use_cache": True,
         "use_sliding_window": False,
         "vocab_size": vocab,
@@ -325,7 +329,7 @@ _PRESETS: dict[str, _DecoderPreset | _EncoderPreset] = {
             "llama-3.2-1b",
             "Llama-3.2-1B shape (real config), dummy weights, synthetic tokenizer; GPU",
             _llama3_config(hidden=2048, inter=8192, layers=16, heads=32, kv=8, factor=32.0,
-                           tie=True),
+                           tie=True, tf_version="4.45.0.dev0"),
             _llama3_tokenizer(),
             "dummy",
         ),
@@ -333,7 +337,7 @@ _PRESETS: dict[str, _DecoderPreset | _EncoderPreset] = {
             "llama-3.1-8b",
             "Llama-3.1-8B shape (real config), dummy weights, synthetic tokenizer; GPU",
             _llama3_config(hidden=4096, inter=14336, layers=32, heads=32, kv=8, factor=8.0,
-                           tie=False),
+                           tie=False, tf_version="4.43.0.dev0"),
             _llama3_tokenizer(),
             "dummy",
         ),
@@ -341,7 +345,7 @@ _PRESETS: dict[str, _DecoderPreset | _EncoderPreset] = {
             "qwen2.5-0.5b",
             "Qwen2.5-0.5B shape (real config), dummy weights, synthetic tokenizer; GPU",
             _qwen2_config(hidden=896, inter=4864, layers=24, heads=14, kv=2, max_pos=32768,
-                          vocab=151936, tie=True),
+                          vocab=151936, tie=True, tf_version="4.40.1"),
             _qwen2_tokenizer(),
             "dummy",
         ),
@@ -349,7 +353,7 @@ _PRESETS: dict[str, _DecoderPreset | _EncoderPreset] = {
             "qwen2.5-7b",
             "Qwen2.5-7B shape (real config), dummy weights, synthetic tokenizer; GPU",
             _qwen2_config(hidden=3584, inter=18944, layers=28, heads=28, kv=4, max_pos=131072,
-                          vocab=152064, tie=False),
+                          vocab=152064, tie=False, tf_version="4.43.1"),
             _qwen2_tokenizer(),
             "dummy",
         ),
@@ -464,6 +468,7 @@ def build_preset(name: str, *, force: bool = False) -> Path:
             else:
                 _build_shape_encoder(p, tmp)
             _write_stamp(tmp, p)
+            _make_readable(tmp)
             _swap_into_place(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -629,6 +634,14 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; a model folder is shared like any other cache entry."""
+    for dirpath, _dirs, files in os.walk(folder):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
 
 
 def _write_json(path: Path, obj: Any) -> None:
