@@ -17,7 +17,6 @@ after these, so that tenants can be assigned by them.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -255,7 +254,3 @@ def trace_stats(df: pl.DataFrame) -> pl.DataFrame:
         pl.when(pl.col("rate").is_infinite()).then(None).otherwise(pl.col("rate")).alias("rate")
     )
 
-
-def rows_json(df: pl.DataFrame) -> str:
-    """A trace as JSONL text (for small traces and tests)."""
-    return "".join(json.dumps(r) + "\n" for r in df.iter_rows(named=True))
