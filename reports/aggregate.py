@@ -1,7 +1,9 @@
 """Per experiment x tenant figures from the Parquet files of a campaign, with lazy Polars scans.
 
-One lazy scan covers the ``requests.parquet`` of every completed experiment; only rows
-with ``in_window`` true count. Each experiment's measurement window comes from its
+Lazy scans cover the ``requests.parquet`` of every completed experiment, a pass of a few
+experiments at a time (``passes``: every figure is per experiment, or per set pooled over its
+repetitions, so passes never split a group and peak memory stays flat however large the
+campaign); only rows with ``in_window`` true count. Each experiment's measurement window comes from its
 manifest, [warmup_s, warmup_s + duration_s), and the rates divide by ``duration_s``:
 
 * throughput_rps = ok requests / duration_s; output_tps = output tokens of ok requests /
@@ -51,8 +53,8 @@ TELEMETRY_SCHEMA: dict[str, Any] = {
     "source": pl.Utf8,
     "gpu_util_pct": pl.Float64,
     "mem_util_pct": pl.Float64,
-    "mem_used_bytes": pl.Float64,
-    "mem_total_bytes": pl.Float64,
+    "mem_used_bytes": pl.Int64,
+    "mem_total_bytes": pl.Int64,
     "power_w": pl.Float64,
     "energy_j": pl.Float64,
     "sm_clock_mhz": pl.Float64,
@@ -62,10 +64,10 @@ TELEMETRY_SCHEMA: dict[str, Any] = {
     "gpm_tensor_active_pct": pl.Float64,
     "gpm_dram_bw_util_pct": pl.Float64,
     "host_cpu_pct": pl.Float64,
-    "host_mem_used_bytes": pl.Float64,
-    "proc_gpu_mem_bytes": pl.Float64,
+    "host_mem_used_bytes": pl.Int64,
+    "proc_gpu_mem_bytes": pl.Int64,
     "proc_cpu_pct": pl.Float64,
-    "proc_rss_bytes": pl.Float64,
+    "proc_rss_bytes": pl.Int64,
 }
 
 SERVER_METRICS_SCHEMA: dict[str, Any] = {
@@ -135,7 +137,8 @@ def scan_files(
 
     Files whose stored types already match are read by one multi-file scan; the rare file
     that differs (an all-null column stored as Null, an int where a float is expected, a
-    column missing) is scanned on its own and cast, so one odd file does not sink the scan.
+    column missing) is scanned on its own and cast, so one odd file does not sink the scan;
+    a missing ``experiment_id`` is the name of the file's folder.
     """
     cols = list(columns or schema)
     want = {c: schema[c] for c in cols}
@@ -152,7 +155,11 @@ def scan_files(
             same.append(f)
             continue
         exprs = [
-            (pl.col(c).cast(t, strict=False) if c in have else pl.lit(None, dtype=t)).alias(c)
+            (
+                pl.col(c).cast(t, strict=False)
+                if c in have
+                else pl.lit(f.parent.name if c == "experiment_id" else None, dtype=t)
+            ).alias(c)
             for c, t in want.items()
         ]
         odd.append(pl.scan_parquet(f).select(exprs))
@@ -162,7 +169,45 @@ def scan_files(
 
 
 def scan_requests(run: RunDir, columns: Sequence[str] = REQUEST_COLUMNS) -> pl.LazyFrame:
+    """One lazy frame over every completed experiment's requests (for ad-hoc queries)."""
     return scan_files(run.files("requests.parquet"), dict(REQUEST_SCHEMA), columns)
+
+
+# requests per pass: every figure is per experiment (or per set, pooled over repetitions), so
+# a campaign is read a few experiments at a time and peak memory stays flat as it grows
+ROWS_PER_PASS = 2_000_000
+# inter-token gaps outnumber requests by the output length: smaller passes
+ITL_ROWS_PER_PASS = 250_000
+
+
+def passes(run: RunDir, rows_per_pass: int, by_group: bool = False) -> list[list[Path]]:
+    """The completed experiments' requests.parquet, cut into passes of about ``rows_per_pass``
+    rows (Parquet metadata only); ``by_group`` keeps the repetitions of a set together."""
+    units: dict[str, list[Path]] = {}
+    for e in run.completed:
+        f = e.file("requests.parquet")
+        if f.is_file():
+            units.setdefault(e.group_id if by_group else e.id, []).append(f)
+    out: list[list[Path]] = []
+    cur: list[Path] = []
+    cur_rows = 0
+    for files in units.values():
+        n = sum(_row_count(f) for f in files)
+        if cur and cur_rows + n > rows_per_pass:
+            out.append(cur)
+            cur, cur_rows = [], 0
+        cur += files
+        cur_rows += n
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _row_count(f: Path) -> int:
+    try:
+        return int(pl.scan_parquet(f).select(pl.len()).collect().item())
+    except Exception as e:  # polars raises several types for a torn file
+        raise ReportError(f"{f}: not a readable Parquet file: {e}") from None
 
 
 def windows_frame(run: RunDir) -> pl.DataFrame:
@@ -280,12 +325,11 @@ def _stat_exprs(col: str, prefix: str) -> list[pl.Expr]:
     return out
 
 
-def request_figures(run: RunDir, engine: str = "streaming") -> pl.DataFrame:
+def request_figures(
+    run: RunDir, engine: str = "streaming", rows_per_pass: int = ROWS_PER_PASS
+) -> pl.DataFrame:
     """Per experiment x tenant counts, rates and latency statistics (in-window rows only)."""
-    win = windows_frame(run)
-    lf = scan_requests(run).filter(pl.col("in_window").fill_null(False))
-    lf = lf.join(win.lazy(), on=["experiment_id", "tenant"], how="inner")
-    lf = _derived(lf)
+    win = windows_frame(run).lazy()
     ok = pl.col("ok")
     aggs: list[pl.Expr] = [
         pl.len().alias("requests"),
@@ -307,34 +351,35 @@ def request_figures(run: RunDir, engine: str = "streaming") -> pl.DataFrame:
     for fam in LATENCIES:
         if fam != "itl":
             aggs += _stat_exprs(f"{fam}_s", fam)
-    out = lf.group_by("experiment_id", "tenant").agg(aggs).collect(engine=engine)  # type: ignore[call-overload]
+    frames = []
+    for files in passes(run, rows_per_pass):
+        lf = scan_files(files, dict(REQUEST_SCHEMA), REQUEST_COLUMNS).filter(
+            pl.col("in_window").fill_null(False)
+        )
+        lf = _derived(lf.join(win, on=["experiment_id", "tenant"], how="inner"))
+        frames.append(lf.group_by("experiment_id", "tenant").agg(aggs).collect(engine=engine))  # type: ignore[call-overload]
+    out = pl.concat(frames) if frames else _empty_request_figures(aggs, win)
     itl = itl_figures(run, engine)
     return out.join(itl, on=["experiment_id", "tenant"], how="left")
 
 
-def itl_figures(run: RunDir, engine: str = "streaming", rows_per_pass: int = 2_000_000) -> pl.DataFrame:
+def _empty_request_figures(aggs: list[pl.Expr], win: pl.LazyFrame) -> pl.DataFrame:
+    empty = pl.LazyFrame(schema={c: REQUEST_SCHEMA[c] for c in REQUEST_COLUMNS})
+    lf = _derived(empty.join(win, on=["experiment_id", "tenant"], how="inner"))
+    return lf.group_by("experiment_id", "tenant").agg(aggs).collect()
+
+
+def itl_figures(
+    run: RunDir, engine: str = "streaming", rows_per_pass: int = ITL_ROWS_PER_PASS
+) -> pl.DataFrame:
     """Inter-token gap statistics: the ``itl_s`` lists exploded, a few experiments at a time.
 
-    Gaps outnumber requests by the output length, so exact percentiles over all of them at
-    once would hold every gap in memory; each pass takes experiments whose requests add up to
-    about ``rows_per_pass``.
+    Gaps outnumber requests by the output length, and exact percentiles hold every gap of
+    a group in memory, so these passes are smaller than the others.
     """
-    files = run.files("requests.parquet")
-    batches: list[list[Path]] = []
-    cur: list[Path] = []
-    cur_rows = 0
-    for f in files:
-        n = pl.scan_parquet(f).select(pl.len()).collect().item()
-        if cur and cur_rows + n > rows_per_pass:
-            batches.append(cur)
-            cur, cur_rows = [], 0
-        cur.append(f)
-        cur_rows += n
-    if cur:
-        batches.append(cur)
     cols = ["experiment_id", "tenant", "status", "in_window", "itl_s"]
     frames: list[pl.DataFrame] = []
-    for batch in batches:
+    for batch in passes(run, rows_per_pass):
         lf = (
             scan_files(batch, dict(REQUEST_SCHEMA), cols)
             .filter(pl.col("in_window").fill_null(False) & (pl.col("status") == "ok"))
@@ -518,26 +563,31 @@ def experiment_table(run: RunDir, engine: str = "streaming") -> tuple[pl.DataFra
 CDF_PROBS = [i / 100 for i in range(101)] + [0.995, 0.999]
 
 
-def latency_cdf(run: RunDir, metric: str = "e2e_s", engine: str = "streaming") -> pl.DataFrame:
+def latency_cdf(
+    run: RunDir, metric: str = "e2e_s", engine: str = "streaming", rows_per_pass: int = ROWS_PER_PASS
+) -> pl.DataFrame:
     """Quantiles of a per-request latency pooled over repetitions, per group x tenant.
 
     Long form: group_id, tenant, p, value_s. ``metric`` is ``e2e_s`` or ``ttft_s``.
     """
-    exp = experiments_frame(run).select("experiment_id", "tenant", "group_id")
-    win = windows_frame(run)
-    lf = (
-        scan_requests(run)
-        .filter(pl.col("in_window").fill_null(False))
-        .join(win.lazy(), on=["experiment_id", "tenant"], how="inner")
-        .pipe(_derived)
-        .join(exp.lazy(), on=["experiment_id", "tenant"], how="inner")
-        .filter(pl.col(metric).is_not_null())
-    )
+    exp = experiments_frame(run).select("experiment_id", "tenant", "group_id").lazy()
+    win = windows_frame(run).lazy()
     aggs = [
         pl.col(metric).quantile(p, interpolation="linear").alias(f"q{i}")
         for i, p in enumerate(CDF_PROBS)
     ]
-    wide = lf.group_by("group_id", "tenant").agg(aggs).collect(engine=engine)  # type: ignore[call-overload]
+    frames = []
+    for files in passes(run, rows_per_pass, by_group=True):
+        lf = (
+            scan_files(files, dict(REQUEST_SCHEMA), REQUEST_COLUMNS)
+            .filter(pl.col("in_window").fill_null(False))
+            .join(win, on=["experiment_id", "tenant"], how="inner")
+            .pipe(_derived)
+            .join(exp, on=["experiment_id", "tenant"], how="inner")
+            .filter(pl.col(metric).is_not_null())
+        )
+        frames.append(lf.group_by("group_id", "tenant").agg(aggs).collect(engine=engine))  # type: ignore[call-overload]
+    wide = pl.concat(frames) if frames else pl.DataFrame()
     if wide.height == 0:
         return pl.DataFrame(schema={"group_id": pl.Utf8, "tenant": pl.Utf8, "p": pl.Float64, "value_s": pl.Float64})
     long = wide.unpivot(index=["group_id", "tenant"], variable_name="qi", value_name="value_s")

@@ -17,7 +17,13 @@ from typing import Any
 
 import polars as pl
 
-from reports.metrics import HEADLINE_DECODER, HEADLINE_ENCODER, HIGHER_IS_BETTER, RATES, latency_columns
+from reports.metrics import (
+    HEADLINE_DECODER,
+    HEADLINE_ENCODER,
+    HIGHER_IS_BETTER,
+    RATES,
+    latency_columns,
+)
 from reports.stats import ratio_ci
 
 INTERFERENCE_METRICS = [m for m in RATES if m != "error_rate"] + latency_columns()
@@ -151,14 +157,18 @@ def _orient(
 
 
 def worst_headline(inter: pl.DataFrame) -> pl.DataFrame:
-    """Per group x tenant: the headline latency with the largest slowdown."""
+    """Per group x tenant: the headline latency with the largest slowdown that its interval
+    confirms (above 1.0); where none is confirmed, the largest point estimate."""
     h = inter.filter(pl.col("headline") & pl.col("slowdown").is_not_null())
     if h.height == 0:
         return h
+    confirmed = (pl.col("significant").fill_null(False) & (pl.col("slowdown") > 1)).alias("_c")
     return (
-        h.sort("slowdown", descending=True)
+        h.with_columns(confirmed)
+        .sort(["_c", "slowdown"], descending=[True, True])
         .group_by("group_id", "tenant", maintain_order=True)
         .first()
+        .drop("_c")
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import polars as pl
 
@@ -25,7 +26,7 @@ TENANT_KEYS = (
 )
 DEVICE_KEYS = ("group_id", "active_set", "resident_set", "rate_scale")
 
-STATS_SCHEMA = {
+STATS_SCHEMA: dict[str, Any] = {
     "metric": pl.Utf8,
     "n": pl.Int64,
     "mean": pl.Float64,
@@ -47,7 +48,8 @@ def group_stats(table: pl.DataFrame, metrics: Sequence[str], keys: Sequence[str]
     present = [m for m in metrics if m in table.columns]
     keys = [k for k in keys if k in table.columns]
     if not present or table.height == 0:
-        return pl.DataFrame(schema={k: table.schema[k] for k in keys} | STATS_SCHEMA)
+        schema: dict[str, Any] = {k: table.schema[k] for k in keys}
+        return pl.DataFrame(schema=schema | STATS_SCHEMA)
     long = (
         table.select(*keys, *[pl.col(m).cast(pl.Float64) for m in present])
         .unpivot(on=present, index=keys, variable_name="metric", value_name="value")

@@ -22,6 +22,14 @@ MANIFEST_SCHEMA_VERSIONS = frozenset({1})
 _REP_SUFFIX = re.compile(r"__r\d+$")
 
 
+def group_label(group_id: str) -> str:
+    """``a+b__all__x1`` -> ``a + b``; ``a+b__all__x2`` -> ``a + b (x2)``."""
+    parts = group_id.split("__")
+    name = parts[0].replace("+", " + ")
+    scale = next((p for p in parts[1:] if p.startswith("x")), "x1")
+    return name if scale in ("x1", "x1.0") else f"{name} ({scale})"
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One experiment as its manifest describes it."""

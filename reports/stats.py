@@ -107,8 +107,7 @@ def t_quantile(p: float, df: float) -> float:
         return 0.0
     if p < 0.5:
         return -t_quantile(1.0 - p, df)
-    # round df so that the cache works for Welch's real-valued df
-    return _t_quantile(round(p, 12), round(float(df), 6))
+    return _t_quantile(float(p), float(df))
 
 
 # ---- intervals --------------------------------------------------------------------------------
