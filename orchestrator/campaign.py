@@ -88,7 +88,7 @@ def plan_campaign(spec: CampaignSpec) -> CampaignPlan:
     x = spec.experiment
     groups: dict[tuple[str, ...], ResidentGroup] = {}
     rng = random.Random(x.seed)
-    for resident, active in expand_sets(spec):
+    for resident, _active in expand_sets(spec):
         groups.setdefault(resident, ResidentGroup(resident))
     for resident, group in groups.items():
         cells = [

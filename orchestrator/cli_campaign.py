@@ -139,8 +139,19 @@ def up(spec: Path, check: bool, only: tuple[str, ...], logs: Path) -> None:
 @click.option("--resume", is_flag=True, help="Skip experiments whose manifest says completed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory of this campaign.")
 @click.option("--no-report", is_flag=True, help="Do not build the report at the end.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this host (one GPU, or several with --gpus); ray: a Ray cluster, "
+              "one GPU per resident set (pip install 'cotenant[ray]').")
+@click.option("--gpus", default=None, metavar="LIST",
+              help="local: run resident sets side by side, one per GPU in LIST (e.g. 0,1,2,3), "
+              "each pinned with CUDA_VISIBLE_DEVICES. Without a GPU the numbers are pseudo-slots.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="ray: the cluster to join (e.g. auto, or HEAD:6379); default: a local Ray.")
+@click.option("--retries", type=click.IntRange(0, 10), default=0, show_default=True,
+              help="Run a resident set's failed experiments again, in fresh servers, up to N times.")
 def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool,
-        no_report: bool) -> None:
+        no_report: bool, executor: str, gpus: str | None, address: str | None,
+        retries: int) -> None:
     """Run the campaign in SPEC and write runs/<name>/ (then its report).
 
     Experiments that share a resident set reuse its servers; repetitions interleave; a
@@ -152,12 +163,16 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
       cotenant run examples/cpu-demo.yaml --dry-run
       cotenant run examples/cpu-demo.yaml
       cotenant run examples/cpu-demo.yaml --resume
+      cotenant run examples/h100-pairing.yaml --gpus 0,1,2,3
+      cotenant run examples/h100-pairing.yaml --executor ray --address auto --retries 1
     """
     from orchestrator.campaign import plan_campaign
+    from orchestrator.executors import parse_gpus
     from orchestrator.runner import make_memory_plan, run_campaign
     from orchestrator.spec import load_spec
 
     s, base = load_spec(spec)
+    gpu_list = parse_gpus(gpus)
     if dry_run:
         p = plan_campaign(s)
         mem, gpu = make_memory_plan(s)
@@ -171,12 +186,13 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
                 f"(measurement windows {len(rows) * s.experiment.duration_s / 60:.1f} min)")
         return
     res = run_campaign(s, base, out_root, resume=resume, overwrite=overwrite,
-                       report=not no_report)
+                       report=not no_report, executor=executor, gpus=gpu_list,
+                       address=address, retries=retries)
     c = Console()
     done = sum(o.status == "completed" for o in res.outcomes)
+    overhead = f", overhead x{res.wall_s / res.window_s:.2f}" if res.window_s else ""
     c.print(f"\n[bold]{done} completed, {len(res.failed)} failed, {res.skipped} skipped[/] in "
-            f"{res.wall_s:.0f} s (measurement windows {res.window_s:.0f} s, overhead x"
-            f"{res.wall_s / max(res.window_s, 1e-9):.2f})")
+            f"{res.wall_s:.0f} s (measurement windows {res.window_s:.0f} s{overhead})")
     c.print(f"run directory: {res.run_dir}")
     if res.report is not None:
         for label, path in _report_paths(res.report):

@@ -22,6 +22,9 @@ from orchestrator.spec import CampaignSpec
 from workloads.records import compact_jsonl
 
 
+PREPARE_S = 1.0
+
+
 @dataclass
 class ExperimentOutcome:
     experiment: Experiment
@@ -97,19 +100,21 @@ def run_experiment(
         raise TenantDied(dead)
     traces = build_traces(spec, base, exp)
     trace = pl.concat(list(traces.values()), how="diagonal_relaxed").sort("arrival_s")
-    targets = {}
+    targets = []
     for name in exp.active:
         t = spec.tenant(name)
         r = residents.running[name]
         w = spec.workloads[name]
-        targets[name] = Target(
+        targets.append(Target(
             tenant=name,
             base_url=r.base_url,
             api=w.api or default_api(t.kind),
             model=r.served_name,
-            tokenizer_path=getattr(r.resolved, "tokenizer_path", None),
-            api_key=getattr(t, "api_key", None),
-        )
+            tokenizer_path=r.resolved.tokenizer_path,
+            api_key=r.api_key,
+            timeout_s=w.timeout_s,
+            prefix=w.prefix,
+        ))
     manifest.update(
         workloads={
             n: {
@@ -124,7 +129,9 @@ def run_experiment(
         },
     )
 
-    clock = ExperimentClock()
+    # zero a little ahead: prompts for the first seconds are prepared before it, so the first
+    # request is due at zero and scheduled_s equals the trace's arrival_s
+    clock = ExperimentClock(delay_s=PREPARE_S)
     manifest.update(anchor_wall_s=clock.anchor_wall_s)
     pids = {n: r.process.pid for n, r in residents.running.items()}
     sampler = Sampler(
@@ -182,7 +189,14 @@ def run_experiment(
     if scraper:
         scraper.start()
     try:
-        asyncio.run(_run())
+        summary = asyncio.run(_run())
+        manifest.update(trace_start_s=summary.start_s, replay={
+            "dispatch_lag_p50_s": summary.dispatch_lag_p50_s,
+            "dispatch_lag_p99_s": summary.dispatch_lag_p99_s,
+            "dispatch_lag_max_s": summary.dispatch_lag_max_s,
+            "sent": summary.sent, "ok": summary.ok, "errors": summary.errors,
+            "timeouts": summary.timeouts, "dropped": summary.dropped,
+        })
         dead = residents.dead()
         if dead:
             raise TenantDied(dead)

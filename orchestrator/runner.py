@@ -107,9 +107,15 @@ def run_campaign(
     console: Console | None = None,
     report: bool = True,
     executor: str = "local",
+    gpus: list[str] | None = None,
+    address: str | None = None,
+    retries: int = 0,
 ) -> CampaignResult:
+    from orchestrator.executors import make_executor
+
     console = console or Console(stderr=True)
     t0 = time.monotonic()
+    ex = make_executor(executor, gpus=gpus, address=address, retries=retries)
     plan = plan_campaign(spec)
     mem, gpu = make_memory_plan(spec)
     run_dir = prepare_run_dir(out_root, spec, resume=resume, overwrite=overwrite)
@@ -134,7 +140,7 @@ def run_campaign(
     status = "interrupted"
     try:
         with _sigterm_as_interrupt():
-            _run_groups(spec, base, plan, mem, gpu, run_dir, resume, console, result, executor)
+            _run_groups(spec, base, plan, mem, gpu, run_dir, resume, console, result, ex)
         status = "completed"
     finally:
         result.wall_s = time.monotonic() - t0
@@ -150,6 +156,66 @@ def run_campaign(
     return result
 
 
+@dataclass
+class GroupContext:
+    """What one resident group needs to run, whichever executor runs it."""
+
+    spec: CampaignSpec
+    base: Path
+    mem: MemoryPlan
+    gpu: dict[str, Any] | None
+    run_dir: Path
+    executor: str
+    label: str  # unique per group in a campaign: keeps log files of parallel groups apart
+
+
+def run_group(
+    ctx: GroupContext,
+    pending: list[Experiment],
+    *,
+    log: Any = None,
+    on_done: Any = None,
+) -> list[ExperimentOutcome]:
+    """Start one resident set, run its pending experiments, stop it. Never raises for a
+    tenant that fails to start or dies: those become failed experiments."""
+    spec, run_dir = ctx.spec, ctx.run_dir
+    log = log or (lambda m: None)
+    on_done = on_done or (lambda out: None)
+    outcomes: list[ExperimentOutcome] = []
+
+    def done(out: ExperimentOutcome) -> None:
+        outcomes.append(out)
+        on_done(out)
+
+    tenants = [spec.tenant(n) for n in pending[0].resident]
+    with _sharing(spec, run_dir, ctx.label) as env_for:
+        residents = ResidentSet(tenants, ctx.mem, run_dir / "logs" / ctx.label, run_dir / ".cache",
+                                env_for=env_for, on_event=log)
+        try:
+            try:
+                residents.start()
+            except ServerError as e:
+                for exp in pending:
+                    done(_fail_unstarted(ctx, exp, f"resident set did not start: {e}"))
+                return outcomes
+            for i, exp in enumerate(pending):
+                out = _one(ctx, exp, residents)
+                done(out)
+                if out.status != "failed" or i == len(pending) - 1:
+                    continue
+                try:
+                    log("restarting the resident set after a failure")
+                    residents.restart()
+                except ServerError as e:
+                    log(f"[red]restart failed:[/] {e}")
+                    for other in pending[i + 1:]:
+                        done(_fail_unstarted(ctx, other, f"resident set could not be restarted: {e}"))
+                    break
+        finally:
+            residents.stop()
+    return outcomes
+
+
 def _run_groups(
     spec: CampaignSpec,
     base: Path,
@@ -160,9 +226,11 @@ def _run_groups(
     resume: bool,
     console: Console,
     result: CampaignResult,
-    executor: str,
+    ex: Any,  # orchestrator.executors.Executor
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from orchestrator.executors import GroupJob
 
     total = len(plan.experiments)
     todo = [
@@ -178,55 +246,23 @@ def _run_groups(
     )
     with progress:
         bar = progress.add_task(f"campaign {spec.name}", total=total, completed=result.skipped)
-        for group, pending in zip(plan.groups, todo, strict=True):
-            if not pending:
-                continue
-            tenants = [spec.tenant(n) for n in group.resident]
-            with _sharing(spec, run_dir) as env_for:
-                residents = ResidentSet(
-                    tenants, mem, run_dir / "logs", run_dir / ".cache", env_for=env_for,
-                    on_event=lambda m: progress.console.log(m),
-                )
-                try:
-                    residents.start()
-                except ServerError as e:
-                    residents.stop()
-                    for exp in pending:
-                        out = _fail_unstarted(spec, exp, run_dir, gpu, executor,
-                                              f"resident set did not start: {e}")
-                        result.outcomes.append(out)
-                        progress.advance(bar)
-                    continue
-                try:
-                    for exp in pending:
-                        progress.update(bar, description=f"{exp.id}")
-                        out = _one(spec, base, exp, residents, run_dir, gpu, executor, console)
-                        result.outcomes.append(out)
-                        result.window_s += spec.experiment.warmup_s + spec.experiment.duration_s
-                        progress.advance(bar)
-                        _say(progress.console, out)
-                        if out.status == "failed":
-                            try:
-                                progress.console.log("restarting the resident set after a failure")
-                                residents.restart()
-                            except ServerError as e:
-                                progress.console.log(f"[red]restart failed:[/] {e}")
-                                rest = pending[pending.index(exp) + 1:]
-                                for other in rest:
-                                    result.outcomes.append(_fail_unstarted(
-                                        spec, other, run_dir, gpu, executor,
-                                        f"resident set could not be restarted: {e}"))
-                                    progress.advance(bar)
-                                break
-                finally:
-                    residents.stop()
+
+        def on_done(out: ExperimentOutcome) -> None:
+            result.outcomes.append(out)
+            if out.status == "completed":
+                result.window_s += spec.experiment.warmup_s + spec.experiment.duration_s
+            progress.advance(bar)
+            _say(progress.console, out)
+
+        jobs = [GroupJob(f"g{i}", pending) for i, pending in enumerate(todo) if pending]
+        ctx = GroupContext(spec, base, mem, gpu, run_dir, ex.name, "")
+        ex.run(ctx, jobs, log=progress.console.log, on_done=on_done)
 
 
-def _manifest(spec: CampaignSpec, exp: Experiment, run_dir: Path, gpu: dict[str, Any] | None,
-              executor: str) -> Manifest:
-    x = spec.experiment
+def _manifest(ctx: GroupContext, exp: Experiment) -> Manifest:
+    spec, x = ctx.spec, ctx.spec.experiment
     return Manifest(
-        run_dir / exp.id,
+        ctx.run_dir / exp.id,
         {
             **exp.to_dict(),
             "campaign": spec.name,
@@ -235,27 +271,25 @@ def _manifest(spec: CampaignSpec, exp: Experiment, run_dir: Path, gpu: dict[str,
             "drain_s": x.drain_s,
             "slo": {n: s.model_dump(mode="json") for n, s in spec.slo.items()},
             "sharing": spec.sharing.mode,
-            "executor": executor,
+            "executor": ctx.executor,
             "host": host_info()["hostname"],
-            "gpu": gpu,
+            "gpu": ctx.gpu,
         },
     )
 
 
-def _one(spec: CampaignSpec, base: Path, exp: Experiment, residents: ResidentSet, run_dir: Path,
-         gpu: dict[str, Any] | None, executor: str, console: Console) -> ExperimentOutcome:
-    m = _manifest(spec, exp, run_dir, gpu, executor)
+def _one(ctx: GroupContext, exp: Experiment, residents: ResidentSet) -> ExperimentOutcome:
+    m = _manifest(ctx, exp)
     m.start()
     try:
-        return run_experiment(spec, base, exp, residents, run_dir, m)
+        return run_experiment(ctx.spec, ctx.base, exp, residents, ctx.run_dir, m)
     except TenantDied as e:  # died before the experiment began
         m.finish("failed", str(e), log_tail=residents.log_tails(list(e.dead)))
         return ExperimentOutcome(exp, "failed", str(e), 0, 0)
 
 
-def _fail_unstarted(spec: CampaignSpec, exp: Experiment, run_dir: Path, gpu: dict[str, Any] | None,
-                    executor: str, reason: str) -> ExperimentOutcome:
-    m = _manifest(spec, exp, run_dir, gpu, executor)
+def _fail_unstarted(ctx: GroupContext, exp: Experiment, reason: str) -> ExperimentOutcome:
+    m = _manifest(ctx, exp)
     m.start()
     m.finish("failed", reason)  # the reason quotes the failing tenant's log
     return ExperimentOutcome(exp, "failed", reason, 0, 0)
@@ -270,7 +304,7 @@ def _say(console: Console, out: ExperimentOutcome) -> None:
 
 
 @contextlib.contextmanager
-def _sharing(spec: CampaignSpec, run_dir: Path) -> Iterator[Any]:
+def _sharing(spec: CampaignSpec, run_dir: Path, label: str = "") -> Iterator[Any]:
     """time-slice: nothing to do. mps: an MPS daemon for the resident set's lifetime."""
     if spec.sharing.mode != "mps":
         yield lambda name: {}
@@ -278,5 +312,6 @@ def _sharing(spec: CampaignSpec, run_dir: Path) -> Iterator[Any]:
     from orchestrator.mps import MpsDaemon
 
     pct = spec.sharing.mps_active_thread_percentage
-    with MpsDaemon(run_dir / ".mps" / "pipe", run_dir / "logs" / "mps") as mps:
+    # one daemon per group: groups side by side on several GPUs must not share a pipe folder
+    with MpsDaemon(run_dir / ".mps" / label / "pipe", run_dir / "logs" / "mps" / label) as mps:
         yield lambda name: mps.env_for(pct.get(name))
