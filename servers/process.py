@@ -1,0 +1,417 @@
+"""One server process: its own process group, one log file, health polling, a clean stop.
+
+``ServerProcess`` starts a command in a new session (so it and every child it forks share
+one process group that nothing else is in), sends stdout and stderr to one log file, waits
+for ``GET /health`` under a monotonic deadline while watching for an early exit, and stops
+with SIGTERM then SIGKILL to the whole group. Every started process is in a module
+registry; ``stop_all()`` stops them all and runs at interpreter exit and, once
+``install_signal_handlers()`` was called, on SIGTERM/SIGHUP, so Ctrl-C or a kill of the
+conductor leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import httpx
+
+from servers.errors import PortInUseError, ServerDiedError, ServerStartError
+
+LOG_TAIL_LINES = 30
+_BUSY_PATTERNS = ("address already in use", "errno 98")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something holds ``host:port`` (a bind with SO_REUSEADDR fails)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+_handed_out: set[int] = set()
+_handed_lock = threading.Lock()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now and that this process has not handed out before."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        with _handed_lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise OSError("no free port found")
+
+
+def read_tail(path: str | Path, n: int = LOG_TAIL_LINES, start: int = 0) -> str:
+    """The last ``n`` lines of a text file from byte ``start`` on (reads at most ~1 MiB)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            begin = max(start, end - (1 << 20))
+            f.seek(begin)
+            data = f.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-n:])
+
+
+class ServerProcess:
+    """A server command in its own process group, logging to one file.
+
+    ``health_url`` is polled by ``wait_healthy``; ``name`` appears in every error.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: str | Path,
+        health_url: str,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env) if env is not None else dict(os.environ)
+        self.cwd = str(cwd) if cwd is not None else None
+        self.log_path = Path(log_path)
+        self.health_url = health_url
+        self.port = port
+        self.host = host
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._log_start = 0
+        self.started_at: float | None = None  # monotonic
+        self.healthy_at: float | None = None  # monotonic
+        self._term_sent_at: float | None = None  # monotonic time of the first SIGTERM
+
+    # ---- state -------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def pgid(self) -> int | None:
+        """The process group id (the pid: the process leads its own session)."""
+        return self.pid
+
+    @property
+    def returncode(self) -> int | None:
+        if self._proc is None:
+            return None
+        return self._proc.poll()
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, n: int = LOG_TAIL_LINES) -> str:
+        """The last ``n`` lines this start wrote to the log."""
+        return read_tail(self.log_path, n, self._log_start)
+
+    @property
+    def startup_s(self) -> float | None:
+        if self.started_at is None or self.healthy_at is None:
+            return None
+        return self.healthy_at - self.started_at
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    def start(self) -> ServerProcess:
+        if self._proc is not None:
+            raise RuntimeError(f"{self.name}: already started")
+        if self.port is not None and port_in_use(self.port, self.host):
+            raise PortInUseError(
+                f"tenant {self.name}: port {self.port} on {self.host} is already in use"
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_start = self._log.tell()
+        header = f"# cotenant: starting {self.name}: {' '.join(self.argv)}\n"
+        self._log.write(header.encode())
+        self._log.flush()
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            self._log.close()
+            self._log = None
+            raise ServerStartError(f"tenant {self.name}: cannot run {self.argv[0]}: {e}") from e
+        self.started_at = time.monotonic()
+        _register(self)
+        return self
+
+    def wait_healthy(
+        self,
+        timeout_s: float | None = None,
+        *,
+        deadline: float | None = None,
+        poll_s: float = 0.25,
+    ) -> float:
+        """Poll ``GET health_url`` until it answers 200; return seconds since start.
+
+        ``deadline`` is an absolute ``time.monotonic()`` value, ``timeout_s`` a duration from
+        now (one of them; default 300 s). An exit before that, or the deadline passing,
+        raises ServerStartError (PortInUseError when the log says the port was taken)
+        with the log's last lines; the process is stopped on a missed deadline.
+        """
+        if self._proc is None:
+            raise RuntimeError(f"{self.name}: not started")
+        if deadline is None:
+            deadline = time.monotonic() + (300.0 if timeout_s is None else timeout_s)
+        last_err = "no answer yet"
+        with httpx.Client(timeout=httpx.Timeout(5.0, connect=1.0), trust_env=False) as client:
+            while True:
+                rc = self._proc.poll()
+                if rc is not None:
+                    self._raise_exited(rc)
+                try:
+                    r = client.get(self.health_url)
+                    if r.status_code == 200:
+                        self.healthy_at = time.monotonic()
+                        return self.healthy_at - (self.started_at or self.healthy_at)
+                    last_err = f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    last_err = type(e).__name__
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                time.sleep(min(poll_s, max(0.0, deadline - now)))
+        tail = self.log_tail()
+        waited = time.monotonic() - (self.started_at or 0.0)
+        self.stop()
+        raise ServerStartError(
+            f"tenant {self.name} not healthy after {waited:.0f} s at {self.health_url} "
+            f"(last: {last_err}); stopped it. Last lines of {self.log_path}:\n{tail}"
+        )
+
+    def _raise_exited(self, rc: int) -> None:
+        self._close_log()
+        tail = self.log_tail()
+        how = f"signal {-rc}" if rc < 0 else f"code {rc}"
+        if any(p in tail.lower() for p in _BUSY_PATTERNS):
+            raise PortInUseError(
+                f"tenant {self.name}: port {self.port} is already in use (the server exited "
+                f"with {how}). Last lines of {self.log_path}:\n{tail}"
+            )
+        raise ServerStartError(
+            f"tenant {self.name} exited with {how} before it was healthy. "
+            f"Last lines of {self.log_path}:\n{tail}"
+        )
+
+    def check_alive(self) -> None:
+        """Raise ServerDiedError (with the log tail) if the process is gone."""
+        if self._proc is None:
+            raise RuntimeError(f"{self.name}: not started")
+        rc = self._proc.poll()
+        if rc is not None:
+            how = f"signal {-rc}" if rc < 0 else f"code {rc}"
+            raise ServerDiedError(
+                f"tenant {self.name} died (exited with {how}). Last lines of {self.log_path}:\n"
+                f"{self.log_tail()}"
+            )
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the whole process group."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """SIGTERM the group, wait ``grace_s``, then SIGKILL it; reap; return the exit code.
+
+        Safe to call twice and on a process that already exited (its group may still hold
+        children, which are killed too).
+        """
+        if self._proc is None:
+            return None
+        proc = self._proc
+        if _group_alive(proc.pid):
+            if self._term_sent_at is None:
+                self._term_sent_at = time.monotonic()
+                self.send_signal(signal.SIGTERM)
+            # the grace counts from the first SIGTERM: an interrupted stop() resumes
+            deadline = self._term_sent_at + grace_s
+            while time.monotonic() < deadline:
+                if proc.poll() is not None and not _group_alive(proc.pid):
+                    break
+                time.sleep(0.05)
+            if _group_alive(proc.pid):
+                self.send_signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5.0)
+        _wait_group_gone(proc.pid, 5.0)
+        self._close_log()
+        _unregister(self)
+        return proc.poll()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServerProcess:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive() else f"exited {self.returncode}"
+        return f"ServerProcess({self.name!r}, pid={self.pid}, {state})"
+
+
+# ---- process groups ----------------------------------------------------------------------
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg(0) succeeds while any member exists, zombies included: look for a live one
+    if not os.path.isdir("/proc"):
+        return True
+    return bool(group_members(pgid))
+
+
+def group_members(pgid: int, *, zombies: bool = False) -> list[int]:
+    """Pids whose process group is ``pgid`` (Linux /proc; empty elsewhere); zombies (dead,
+    waiting for a parent to reap them) only when asked."""
+    out: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and (zombies or fields[0] not in ("Z", "X")):
+                out.append(int(e))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# ---- registry and clean-up ---------------------------------------------------------------
+
+_registry: dict[int, ServerProcess] = {}
+
+
+def _register(p: ServerProcess) -> None:
+    _registry[id(p)] = p
+
+
+def _unregister(p: ServerProcess) -> None:
+    _registry.pop(id(p), None)
+
+
+def running_servers() -> list[ServerProcess]:
+    return list(_registry.values())
+
+
+def stop_all(grace_s: float = 5.0) -> None:
+    """Stop every ServerProcess this interpreter started: SIGTERM all groups at once, wait
+    up to ``grace_s`` for all, then SIGKILL what is left. Idempotent, no locks, safe from a
+    signal handler or atexit."""
+    procs = list(_registry.values())
+    if not procs:
+        return
+    now = time.monotonic()
+    for p in procs:
+        if p._term_sent_at is None:
+            p._term_sent_at = now
+        p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(
+        p.pid is not None and _group_alive(p.pid) for p in procs
+    ):
+        time.sleep(0.05)
+    for p in procs:
+        if p.pid is not None and _group_alive(p.pid):
+            p.send_signal(signal.SIGKILL)
+    for p in procs:
+        p.stop(grace_s=0)  # reaps, closes the log, unregisters
+
+
+atexit.register(stop_all)
+
+_previous_handlers: dict[int, Any] = {}
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    stop_all()
+    prev = _previous_handlers.get(signum)
+    if callable(prev):
+        prev(signum, frame)
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    # default action: die of the same signal
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_signal_handlers(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+    """Stop every server on these signals, then run the previous handler (or die of the
+    signal). Call from the main thread; Ctrl-C (SIGINT) already ends in ``atexit``."""
+    for sig in signals:
+        prev = signal.getsignal(sig)
+        if prev is _on_signal:
+            continue
+        _previous_handlers[sig] = prev
+        signal.signal(sig, _on_signal)
