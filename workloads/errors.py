@@ -29,3 +29,11 @@ class TraceFormatError(WorkloadError):
         if column is not None:
             where += f", column {column!r}"
         super().__init__(f"{where}: {message}")
+
+
+class TokenizerError(WorkloadError):
+    """A tokenizer folder that cannot be used."""
+
+
+class ReplayError(WorkloadError):
+    """A replay that cannot start: targets that do not match the trace, an output folder in use."""

@@ -32,7 +32,8 @@ class GammaArrivals(_Strict):
     process: Literal["gamma"] = "gamma"
     rate: Annotated[float, Field(gt=0, description="Requests per second")]
     cv: Annotated[
-        float, Field(gt=0, description="Burstiness: coefficient of variation of the gaps (1 = Poisson)")
+        float,
+        Field(gt=0, description="Burstiness: coefficient of variation of the gaps (1 = Poisson)"),
     ] = 2.0
 
 
@@ -174,7 +175,12 @@ class TraceWorkload(_WorkloadBase):
     ] = "auto"
     transforms: TraceTransforms = TraceTransforms()
     loop: Annotated[bool, Field(description="Repeat the trace to fill the window")] = True
-    skip_bad_rows: bool = False
+    skip_bad_rows: Annotated[
+        bool, Field(description="Skip (and count) malformed rows instead of failing")
+    ] = False
+    skip_failed: Annotated[
+        bool, Field(description="BurstGPT: leave out failed requests (0 response tokens)")
+    ] = True
 
 
 WorkloadSpec = Annotated[SyntheticWorkload | TraceWorkload, Field(discriminator="kind")]

@@ -24,7 +24,7 @@ from typing import Any
 
 _DONE = b"[DONE]"
 _TOKEN_MARK = b'"choices":[{'
-_NEEDS_DECODE = (b'"usage":{', b'"error"', b'"role"')
+_USAGE, _ERROR, _ROLE = b'"usage":{', b'"error"', b'"role"'  # these need decoding
 
 
 class SSEParser:
@@ -120,7 +120,12 @@ class OpenAIStream:
             if data == _DONE:
                 self.done = True
                 continue
-            if _TOKEN_MARK in data and not any(m in data for m in _NEEDS_DECODE):
+            if (
+                _TOKEN_MARK in data
+                and _USAGE not in data
+                and _ERROR not in data
+                and _ROLE not in data
+            ):
                 n += 1  # the common case: a token chunk in compact JSON
                 continue
             n += self._decode(data)

@@ -131,7 +131,10 @@ def _validate(df: pl.DataFrame, source: str) -> None:
         ("batch_size", pl.col("batch_size") < 1, "below 1"),
     ]
     flags = df.select(
-        [expr.fill_null(False).arg_true().first().alias(str(i)) for i, (_, expr, _) in enumerate(checks)]
+        [
+            expr.fill_null(False).arg_true().first().alias(str(i))
+            for i, (_, expr, _) in enumerate(checks)
+        ]
     ).row(0)
     hits = [(row, checks[i]) for i, row in enumerate(flags) if row is not None]
     if hits:
@@ -154,7 +157,10 @@ def save_trace(df: pl.DataFrame, path: str | Path) -> Path:
         df.write_ndjson(buf)
         atomic_write_bytes(path, buf.getvalue())
     else:
-        raise TraceFormatError(path, f"cannot tell how to write {suffix or 'no suffix'}: use one of {', '.join(SUFFIXES)}")
+        raise TraceFormatError(
+            path,
+            f"cannot tell how to write {suffix or 'no suffix'}: use one of {', '.join(SUFFIXES)}",
+        )
     return path
 
 
@@ -179,27 +185,10 @@ def load_trace(path: str | Path) -> pl.DataFrame:
 
 
 def _load_jsonl(path: Path) -> pl.DataFrame:
-    from workloads._rows import RowReader, open_text
+    from workloads._rows import RowReader
+    from workloads.importers import read_cotenant_jsonl
 
-    rows = RowReader(path, skip_bad_rows=False)
-    records: list[dict[str, Any]] = []
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            with rows.row(line_no):
-                obj = rows.json_object(line)
-                records.append(rows.cotenant_record(obj))
-    if not records:
-        return empty_trace()
-    names: list[str] = list(TRACE_SCHEMA)
-    for r in records:
-        names.extend(k for k in r if k not in names)
-    cols: dict[str, Any] = {}
-    for name in names:
-        values = [r.get(name) for r in records]
-        cols[name] = pl.Series(name, values, dtype=TRACE_SCHEMA.get(name), strict=False)
-    return normalize_trace(pl.DataFrame(cols), source=str(path))
+    return read_cotenant_jsonl(path, RowReader(path, skip_bad_rows=False))[0]
 
 
 # ---- statistics ----------------------------------------------------------------------------
@@ -238,19 +227,26 @@ def trace_stats(df: pl.DataFrame) -> pl.DataFrame:
     n = pl.len()
     span = pl.col("arrival_s").max() - pl.col("arrival_s").min()
     q = [0.5, 0.9, 0.99]
+    lengths = [
+        pl.col(f"{col}_tokens")
+        .quantile(p, "nearest")
+        .cast(pl.Int64)
+        .alias(f"{col}_p{round(p * 100)}")
+        for col in ("input", "output")
+        for p in q
+    ]
     out = (
         both.sort("arrival_s", maintain_order=True)
         .group_by("tenant", maintain_order=True)
         .agg(
-            n.alias("requests"),
+            n.cast(pl.Int64).alias("requests"),
             span.alias("duration_s"),
             pl.when(n > 1).then((n - 1) / span).otherwise(None).alias("rate"),
             (gap.std() / gap.mean()).alias("burstiness"),
-            *[pl.col("input_tokens").quantile(p, "nearest").alias(f"input_p{round(p * 100)}") for p in q],
-            *[pl.col("output_tokens").quantile(p, "nearest").alias(f"output_p{round(p * 100)}") for p in q],
+            *lengths,
         )
+        .sort(pl.col("tenant") == "(all)", "tenant")
     )
     return out.with_columns(
         pl.when(pl.col("rate").is_infinite()).then(None).otherwise(pl.col("rate")).alias("rate")
     )
-

@@ -1,0 +1,245 @@
+"""Executors without servers: slot assignment of the parallel local executor (real spawned
+worker processes running a stand-in group function), a worker that dies, retries, the
+orphan guard, option errors. The end-to-end runs with real tenants are in
+tests/e2e/test_executors.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.campaign import plan_campaign
+from orchestrator.errors import OrchestratorError
+from orchestrator.executors import (
+    GroupJob,
+    LocalParallelExecutor,
+    SerialExecutor,
+    make_executor,
+    parse_gpus,
+)
+from orchestrator.experiment import ExperimentOutcome
+from orchestrator.planner import MemoryPlan
+from orchestrator.runner import GroupContext
+from orchestrator.spec import parse_spec
+
+ROOT = Path(__file__).parents[2]
+
+
+def _spec(n: int):
+    tenants = [{"name": f"e{i}", "kind": "encoder", "model": "all-minilm-l6-v2"} for i in range(n)]
+    return parse_spec({
+        "name": "slots",
+        "tenants": tenants,
+        "workloads": {t["name"]: {"kind": "synthetic", "arrival": {"process": "poisson", "rate": 1},
+                                  "input_tokens": {"dist": "fixed", "value": 8}} for t in tenants},
+        "strategy": ["isolated"],
+        "experiment": {"residency": "exact", "repetitions": 2, "warmup_s": 0, "duration_s": 1},
+    })
+
+
+def _ctx(tmp_path: Path, n: int) -> tuple[GroupContext, list[GroupJob]]:
+    spec = _spec(n)
+    plan = plan_campaign(spec)
+    run_dir = tmp_path / "runs" / spec.name
+    run_dir.mkdir(parents=True)
+    mem = MemoryPlan(backend="cpu", total_bytes=8 << 30, reserve_bytes=0)
+    ctx = GroupContext(spec, tmp_path, mem, None, run_dir, "local", "")
+    jobs = [GroupJob(f"g{i}", list(g.experiments)) for i, g in enumerate(plan.groups)]
+    return ctx, jobs
+
+
+def stand_in_group(ctx, pending, *, log, on_done):
+    """Runs in the worker process: records where it ran, 'runs' each experiment for 0.4 s.
+    A resident set named e1 dies (exit code 3) the first time it runs."""
+    rec = {"label": ctx.label, "slot": os.environ.get("CUDA_VISIBLE_DEVICES"),
+           "order": os.environ.get("CUDA_DEVICE_ORDER"), "pid": os.getpid(),
+           "gpu": ctx.gpu, "start": time.time()}
+    marker = ctx.run_dir / f".died-{ctx.label}"
+    if pending[0].resident == ("e1",) and os.environ.get("DIE_ONCE") and not marker.exists():
+        marker.touch()
+        log("dying on purpose")
+        os._exit(3)
+    for exp in pending:
+        time.sleep(0.4)
+        on_done(ExperimentOutcome(exp, "completed", None, 1, 0))
+    rec["end"] = time.time()
+    with open(ctx.run_dir / "slots.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _records(ctx: GroupContext) -> list[dict]:
+    return [json.loads(line) for line in (ctx.run_dir / "slots.jsonl").read_text().splitlines()]
+
+
+def test_groups_take_the_first_free_slot_and_never_share_one(tmp_path):
+    ctx, jobs = _ctx(tmp_path, 5)
+    outs: list[ExperimentOutcome] = []
+    ex = LocalParallelExecutor(["0", "1"], group_fn=stand_in_group)
+    t0 = time.time()
+    ex.run(ctx, jobs, log=lambda m: None, on_done=outs.append)
+    wall = time.time() - t0
+    recs = sorted(_records(ctx), key=lambda r: r["start"])
+    assert sorted(r["label"] for r in recs) == [f"g{i}" for i in range(5)]  # each group once
+    assert {r["slot"] for r in recs} == {"0", "1"}
+    assert all(r["order"] == "PCI_BUS_ID" for r in recs)
+    assert all(r["gpu"] is None for r in recs)  # no GPU here: pseudo-slots
+    by = {r["label"]: r for r in recs}
+    assert by["g0"]["slot"] == "0" and by["g1"]["slot"] == "1"  # first free slot, in list order
+    assert len({r["pid"] for r in recs}) == 5  # a fresh worker process per group
+    for slot in ("0", "1"):  # a slot runs one group at a time
+        runs = sorted((r["start"], r["end"]) for r in recs if r["slot"] == slot)
+        assert all(a[1] <= b[0] for a, b in zip(runs, runs[1:], strict=False)), runs
+    # side by side: g0 and g1 overlap, and never more than two at once
+    assert by["g1"]["start"] < by["g0"]["end"]
+    for r in recs:
+        assert sum(o["start"] <= r["start"] < o["end"] for o in recs) <= 2
+    assert len(outs) == 10 and all(o.status == "completed" for o in outs)
+    serial_s = sum(r["end"] - r["start"] for r in recs)
+    assert wall < serial_s + 10  # spawn costs a second or two a worker, not the groups' time
+
+
+def test_a_dead_worker_fails_its_experiments_and_the_others_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIE_ONCE", "1")
+    ctx, jobs = _ctx(tmp_path, 3)
+    outs: list[ExperimentOutcome] = []
+    LocalParallelExecutor(["0", "1"], group_fn=stand_in_group).run(
+        ctx, jobs, log=lambda m: None, on_done=outs.append)
+    by = {o.experiment.id: o for o in outs}
+    assert len(by) == 6 == len(outs)
+    dead = [o for o in outs if o.experiment.resident == ("e1",)]
+    assert dead and all(o.status == "failed" for o in dead)
+    assert all("died (exit code 3)" in (o.reason or "") for o in dead)
+    for o in dead:  # the driver wrote their manifests
+        m = json.loads((ctx.run_dir / o.experiment.id / "manifest.json").read_text())
+        assert m["status"] == "failed" and "exit code 3" in m["reason"]
+        assert m["executor"] == "local" and m["experiment_id"] == o.experiment.id
+    assert all(o.status == "completed" for o in outs if o.experiment.resident != ("e1",))
+
+
+def test_retries_run_the_failed_experiments_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIE_ONCE", "1")
+    ctx, jobs = _ctx(tmp_path, 2)
+    outs: list[ExperimentOutcome] = []
+    logs: list[str] = []
+    LocalParallelExecutor(["0"], retries=1, group_fn=stand_in_group).run(
+        ctx, jobs, log=logs.append, on_done=outs.append)
+    assert len(outs) == 4 and all(o.status == "completed" for o in outs)  # final outcomes only
+    assert any("retry 1 of 1" in m for m in logs)
+    assert [r["label"] for r in _records(ctx)] == ["g0", "g1"]  # g1 on its second attempt
+
+
+def test_serial_executor_retries_in_process(tmp_path):
+    ctx, jobs = _ctx(tmp_path, 2)
+    calls: list[list[str]] = []
+
+    def flaky(gctx, pending, *, log, on_done):
+        calls.append([e.id for e in pending])
+        for i, exp in enumerate(pending):
+            bad = len(calls) == 1 and i == 0
+            on_done(ExperimentOutcome(exp, "failed" if bad else "completed", "boom" if bad else None, 0, 0))
+
+    outs: list[ExperimentOutcome] = []
+    SerialExecutor(retries=1, group_fn=flaky).run(ctx, jobs, log=lambda m: None, on_done=outs.append)
+    assert len(outs) == 4 and all(o.status == "completed" for o in outs)
+    assert calls[-1] == [jobs[0].experiments[0].id]  # only the failed one, at the end
+
+
+def test_options():
+    assert parse_gpus("0, 1,3") == ["0", "1", "3"] and parse_gpus(None) is None
+    with pytest.raises(OrchestratorError, match="GPU 1 is listed twice"):
+        parse_gpus("1,1")
+    with pytest.raises(OrchestratorError, match="comma-separated"):
+        parse_gpus("a,b")
+    assert isinstance(make_executor("local"), SerialExecutor)
+    assert isinstance(make_executor("local", gpus="0,1"), LocalParallelExecutor)
+    with pytest.raises(OrchestratorError, match="--address is for --executor ray"):
+        make_executor("local", address="auto")
+    with pytest.raises(OrchestratorError, match="--gpus is for --executor local"):
+        make_executor("ray", gpus=["0"])
+    with pytest.raises(OrchestratorError, match="unknown executor"):
+        make_executor("slurm")
+
+
+def test_ray_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(OrchestratorError, match=r"pip install 'cotenant\[ray\]'"):
+        make_executor("ray")
+
+
+def test_cli_without_ray_is_one_clean_line(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(json.dumps(_spec(1).model_dump(mode="json")))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["ray"] = None
+        from orchestrator.cli import main
+        sys.exit(main(["run", {str(spec)!r}, "--executor", "ray", "--out", {str(tmp_path)!r}]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert p.returncode != 0
+    assert "pip install 'cotenant[ray]'" in p.stderr + p.stdout
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not (tmp_path / "slots").exists()  # refused before anything was written
+
+
+def test_orphan_guard_kills_the_servers_of_a_killed_worker(tmp_path):
+    """A worker SIGKILLed while its server runs: the guard stops the server's process group."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from servers.process import ServerProcess
+        from orchestrator.executors import OrphanGuard
+        g = OrphanGuard(interval_s=0.05).start()
+        p = ServerProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(300)"],
+                          log_path={str(tmp_path / "s.log")!r}, health_url="http://127.0.0.1:9/")
+        p.start()
+        time.sleep(0.5)
+        print(p.pid, flush=True)
+        time.sleep(300)
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    try:
+        server_pid = int(worker.stdout.readline())
+        assert psutil.pid_exists(server_pid)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _alive(server_pid):
+            time.sleep(0.1)
+        assert not _alive(server_pid), "the server outlived its killed worker"
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_orphan_guard_leaves_servers_alone_on_a_clean_exit(tmp_path):
+    from orchestrator.executors import OrphanGuard
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                               start_new_session=True)
+    try:
+        g = OrphanGuard().start()
+        g._send(f"+{sleeper.pid}")
+        g.stop()  # says goodbye: nothing is killed
+        time.sleep(0.3)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

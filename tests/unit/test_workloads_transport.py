@@ -1,0 +1,164 @@
+"""The lean HTTP/1.1 transport: body framings, keep-alive, a server that closes idle sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from workloads.transport import LeanTransport
+
+Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # returns: keep the connection
+
+
+async def _serve(handler: Handler) -> tuple[asyncio.Server, str, list[int]]:
+    connections: list[int] = []
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                if length:
+                    await reader.readexactly(length)
+                if not await handler(head.split(b" ")[1], writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", connections
+
+
+async def _answers(path: bytes, w: asyncio.StreamWriter) -> bool:
+    if path == b"/length":
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+    elif path == b"/chunked":
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in (
+            b"4\r\nwiki\r\n",
+            b"5;ext=1\r\npe",
+            b"dia\r\n",
+            b"0\r\n",
+            b"x-trailer: 1\r\n\r\n",
+        ):
+            w.write(piece)
+            await w.drain()
+            await asyncio.sleep(0.01)
+    elif path == b"/close":
+        w.write(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+        await w.drain()
+        return False
+    elif path == b"/status":
+        w.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
+    elif path == b"/bad":
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        await w.drain()
+        return False
+    await w.drain()
+    return True
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [("/length", 200, b"hello"), ("/chunked", 200, b"wikipedia"), ("/close", 200, b"until the end"),
+     ("/status", 503, b"busy")],
+)  # fmt: skip
+def test_framings(path: str, status: int, body: bytes) -> None:
+    async def main() -> None:
+        server, url, _ = await _serve(_answers)
+        async with server, httpx.AsyncClient(transport=LeanTransport()) as c:
+            r = await c.post(url + path, content=b"{}")
+            assert (r.status_code, r.content) == (status, body)
+
+    asyncio.run(main())
+
+
+def test_timed_pieces_and_keep_alive_reuse() -> None:
+    async def main() -> None:
+        server, url, conns = await _serve(_answers)
+        t = LeanTransport()
+        async with server, httpx.AsyncClient(transport=t) as c:
+            for _ in range(3):
+                r = await c.send(c.build_request("GET", url + "/chunked"), stream=True)
+                pieces = [p async for p in r.extensions["cotenant.timed"].timed()]
+                await r.aclose()
+                assert b"".join(p for p, _ in pieces) == b"wikipedia"
+                stamps = [ns for _, ns in pieces]
+                assert stamps == sorted(stamps) and stamps[-1] - stamps[0] > 5_000_000
+            assert len(conns) == 1 and t.open_connections == 1
+
+    asyncio.run(main())
+
+
+def test_reused_connection_closed_by_server_is_retried_once() -> None:
+    async def close_after(path: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await w.drain()
+        return False  # closes without saying so, like a keep-alive timeout
+
+    async def main() -> None:
+        server, url, conns = await _serve(close_after)
+        async with server, httpx.AsyncClient(transport=LeanTransport()) as c:
+            for _ in range(3):
+                assert (await c.get(url + "/")).content == b"ok"
+                await asyncio.sleep(0.02)
+            assert len(conns) == 3
+
+    asyncio.run(main())
+
+
+def test_protocol_error_and_connect_error() -> None:
+    async def main() -> None:
+        server, url, _ = await _serve(_answers)
+        async with server, httpx.AsyncClient(transport=LeanTransport()) as c:
+            with pytest.raises(httpx.RemoteProtocolError, match="chunk size"):
+                await c.get(url + "/bad")
+        async with httpx.AsyncClient(transport=LeanTransport()) as c:
+            with pytest.raises(httpx.ConnectError):
+                await c.get("http://127.0.0.1:9/")  # the discard port: nobody listens
+            with pytest.raises(httpx.UnsupportedProtocol):
+                await c.get("https://127.0.0.1:9/")
+
+    asyncio.run(main())
+
+
+def test_read_timeout() -> None:
+    async def silent(path: bytes, w: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(1)
+        return False
+
+    async def main() -> None:
+        server, url, _ = await _serve(silent)
+        async with (
+            server,
+            httpx.AsyncClient(transport=LeanTransport(), timeout=httpx.Timeout(0.1)) as c,
+        ):
+            with pytest.raises(httpx.ReadTimeout):
+                await c.get(url + "/")
+
+    asyncio.run(main())
+
+
+def test_prewarm_opens_idle_connections() -> None:
+    async def main() -> None:
+        server, url, conns = await _serve(_answers)
+        t = LeanTransport()
+        async with server, httpx.AsyncClient(transport=t) as c:
+            assert await t.prewarm(url, 3) == 3
+            await asyncio.sleep(0.05)
+            assert len(conns) == 3 and t.open_connections == 3
+            rs = await asyncio.gather(*(c.get(url + "/length") for _ in range(3)))
+            assert [r.content for r in rs] == [b"hello"] * 3
+            assert len(conns) == 3  # the requests used the open ones
+        assert await LeanTransport().prewarm("http://127.0.0.1:9", 2) == 0  # nobody there
+
+    asyncio.run(main())
