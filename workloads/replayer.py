@@ -167,9 +167,21 @@ def _body(r: _Req) -> bytes:
     ts = r.target
     t, p = ts.target, ts.prompts
     if t.api == "embeddings":
+        # token-id lists when the tokenizer is known: exact lengths and no per-item text
+        # calibration (at 100 requests/s of 16 items that calibration alone saturated the
+        # client on the H100); base64 answers: a quarter of the bytes and nothing to parse
         items = r.batch_size or 1
-        texts = [r.prompt or p.text(r.input_tokens) for _ in range(items)]
-        return json.dumps({"model": t.model, "input": texts}).encode()
+        inputs: list[Any]
+        if r.prompt is not None:
+            inputs = [r.prompt] * items
+        elif p.exact:
+            inputs = [p.token_ids(r.input_tokens) for _ in range(items)]
+        else:
+            inputs = [p.text(r.input_tokens) for _ in range(items)]
+        return json.dumps(
+            {"model": t.model, "input": inputs, "encoding_format": "base64"},
+            separators=(",", ":"),
+        ).encode()
     body: dict[str, Any] = {"model": t.model}
     if t.api == "chat":
         content = r.prompt if r.prompt is not None else p.text(r.input_tokens)
