@@ -338,6 +338,7 @@ class OrphanGuard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sent: set[int] = set()
+        self._t0 = time.monotonic()
 
     def start(self) -> OrphanGuard:
         self._proc = subprocess.Popen(
@@ -357,7 +358,13 @@ class OrphanGuard:
     def sync(self) -> None:
         from servers.process import running_servers
 
-        now = {p.pgid for p in running_servers() if p.pgid is not None}
+        # only servers started since the guard began: never servers the process already ran
+        # (in a test session, the shared fixtures' tenants)
+        now = {
+            p.pgid
+            for p in running_servers()
+            if p.pgid is not None and (p.started_at or 0.0) >= self._t0
+        }
         with contextlib.suppress(OSError, ValueError):
             for g in now - self._sent:
                 self._send(f"+{g}")

@@ -222,8 +222,13 @@ def test_orphan_guard_kills_the_servers_of_a_killed_worker(tmp_path):
         worker.wait()
 
 
-def test_orphan_guard_leaves_servers_alone_on_a_clean_exit(tmp_path):
+def test_orphan_guard_leaves_servers_alone_on_a_clean_exit(tmp_path, monkeypatch):
+    import servers.process
     from orchestrator.executors import OrphanGuard
+
+    # the guard adopts every server this process runs: in a test session those are the shared
+    # fixtures' tenants, which it must not take (and kill on stop) here
+    monkeypatch.setattr(servers.process, "running_servers", lambda: [])
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                start_new_session=True)
