@@ -21,7 +21,6 @@ from orchestrator.residents import ResidentSet
 from orchestrator.spec import CampaignSpec
 from workloads.records import compact_jsonl
 
-
 PREPARE_S = 1.0
 
 
