@@ -30,17 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.telemetry import Clock, Periodic
 from workloads.fileio import atomic_write_parquet
+from workloads.records import SERVER_METRICS_SCHEMA
 
 log = logging.getLogger(__name__)
 
-SERVER_METRICS_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "experiment_id": pl.Utf8,
-    "t_s": pl.Float64,
-    "tenant": pl.Utf8,
-    "metric": pl.Utf8,
-    "labels": pl.Utf8,  # JSON object text
-    "value": pl.Float64,
-}
 
 KEEP_METRICS: frozenset[str] = frozenset(
     {

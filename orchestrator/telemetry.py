@@ -56,35 +56,10 @@ import polars as pl
 import psutil
 
 from workloads.fileio import atomic_write_parquet
+from workloads.records import TELEMETRY_SCHEMA
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "experiment_id": pl.Utf8,
-    "t_s": pl.Float64,  # seconds from the experiment's anchor
-    "scope": pl.Utf8,  # device | <tenant> | pid:<n>
-    "source": pl.Utf8,  # nvml | host
-    # device rows, NVML
-    "gpu_util_pct": pl.Float64,
-    "mem_util_pct": pl.Float64,
-    "mem_used_bytes": pl.Int64,
-    "mem_total_bytes": pl.Int64,
-    "power_w": pl.Float64,
-    "energy_j": pl.Float64,
-    "sm_clock_mhz": pl.Float64,
-    "temp_c": pl.Float64,
-    "gpm_sm_util_pct": pl.Float64,
-    "gpm_sm_occupancy_pct": pl.Float64,
-    "gpm_tensor_active_pct": pl.Float64,
-    "gpm_dram_bw_util_pct": pl.Float64,
-    # device rows, both sources
-    "host_cpu_pct": pl.Float64,
-    "host_mem_used_bytes": pl.Int64,
-    # tenant rows
-    "proc_gpu_mem_bytes": pl.Int64,
-    "proc_cpu_pct": pl.Float64,
-    "proc_rss_bytes": pl.Int64,
-}
 
 GPU_COLUMNS: tuple[str, ...] = (
     "gpu_util_pct",

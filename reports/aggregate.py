@@ -30,7 +30,7 @@ import polars as pl
 from reports.errors import ReportError
 from reports.metrics import LATENCIES, QUANTILES
 from reports.rundir import Experiment, RunDir
-from workloads.records import REQUEST_SCHEMA
+from workloads.records import REQUEST_SCHEMA, SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
 
 REQUEST_COLUMNS = (
     "experiment_id",
@@ -46,38 +46,6 @@ REQUEST_COLUMNS = (
     "in_window",
 )
 
-TELEMETRY_SCHEMA: dict[str, Any] = {
-    "experiment_id": pl.Utf8,
-    "t_s": pl.Float64,
-    "scope": pl.Utf8,
-    "source": pl.Utf8,
-    "gpu_util_pct": pl.Float64,
-    "mem_util_pct": pl.Float64,
-    "mem_used_bytes": pl.Int64,
-    "mem_total_bytes": pl.Int64,
-    "power_w": pl.Float64,
-    "energy_j": pl.Float64,
-    "sm_clock_mhz": pl.Float64,
-    "temp_c": pl.Float64,
-    "gpm_sm_util_pct": pl.Float64,
-    "gpm_sm_occupancy_pct": pl.Float64,
-    "gpm_tensor_active_pct": pl.Float64,
-    "gpm_dram_bw_util_pct": pl.Float64,
-    "host_cpu_pct": pl.Float64,
-    "host_mem_used_bytes": pl.Int64,
-    "proc_gpu_mem_bytes": pl.Int64,
-    "proc_cpu_pct": pl.Float64,
-    "proc_rss_bytes": pl.Int64,
-}
-
-SERVER_METRICS_SCHEMA: dict[str, Any] = {
-    "experiment_id": pl.Utf8,
-    "t_s": pl.Float64,
-    "tenant": pl.Utf8,
-    "metric": pl.Utf8,
-    "labels": pl.Utf8,
-    "value": pl.Float64,
-}
 
 # scraped metric name -> column (mean over the window)
 _GAUGES = {

@@ -1,4 +1,6 @@
-"""The per-request row: the schema of ``requests.jsonl`` / ``requests.parquet`` (DESIGN.md).
+"""The rows of a run directory (docs/run-directory.md): ``requests.jsonl`` / ``requests.parquet``
+(one row a request), ``telemetry.parquet`` and ``server_metrics.parquet``. The runner writes
+them, the reports read them: one definition for both.
 
 Times are seconds from the experiment's monotonic anchor (``time.perf_counter_ns``
 converted once, when the row is made). The wall-clock anchor lives in the manifest.
@@ -35,6 +37,45 @@ REQUEST_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
 }
 
 STATUSES = ("ok", "error", "timeout", "dropped")
+
+# one row a sample and scope (device, a tenant, or pid:<n>); see docs/run-directory.md
+TELEMETRY_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "experiment_id": pl.Utf8,
+    "t_s": pl.Float64,  # seconds from the experiment's anchor
+    "scope": pl.Utf8,  # device | <tenant> | pid:<n>
+    "source": pl.Utf8,  # nvml | host
+    # device rows, NVML
+    "gpu_util_pct": pl.Float64,
+    "mem_util_pct": pl.Float64,
+    "mem_used_bytes": pl.Int64,
+    "mem_total_bytes": pl.Int64,
+    "power_w": pl.Float64,
+    "energy_j": pl.Float64,
+    "sm_clock_mhz": pl.Float64,
+    "temp_c": pl.Float64,
+    "gpm_sm_util_pct": pl.Float64,
+    "gpm_sm_occupancy_pct": pl.Float64,
+    "gpm_tensor_active_pct": pl.Float64,
+    "gpm_dram_bw_util_pct": pl.Float64,
+    # device rows, both sources
+    "host_cpu_pct": pl.Float64,
+    "host_mem_used_bytes": pl.Int64,
+    # tenant rows
+    "proc_gpu_mem_bytes": pl.Int64,
+    "proc_cpu_pct": pl.Float64,
+    "proc_rss_bytes": pl.Int64,
+}
+
+# scraped /metrics, long form
+SERVER_METRICS_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "experiment_id": pl.Utf8,
+    "t_s": pl.Float64,
+    "tenant": pl.Utf8,
+    "metric": pl.Utf8,
+    "labels": pl.Utf8,  # JSON object text
+    "value": pl.Float64,
+}
+
 
 
 def empty_requests_frame() -> pl.DataFrame:

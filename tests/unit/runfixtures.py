@@ -23,31 +23,9 @@ import numpy as np
 import polars as pl
 
 from workloads.fileio import atomic_write_json, atomic_write_parquet, atomic_write_text
-from workloads.records import rows_to_frame
+from workloads.records import TELEMETRY_SCHEMA, rows_to_frame
 
-TELEMETRY_COLUMNS: dict[str, Any] = {
-    "experiment_id": pl.Utf8,
-    "t_s": pl.Float64,
-    "scope": pl.Utf8,
-    "source": pl.Utf8,
-    "gpu_util_pct": pl.Float64,
-    "mem_util_pct": pl.Float64,
-    "mem_used_bytes": pl.Int64,
-    "mem_total_bytes": pl.Int64,
-    "power_w": pl.Float64,
-    "energy_j": pl.Float64,
-    "sm_clock_mhz": pl.Float64,
-    "temp_c": pl.Float64,
-    "gpm_sm_util_pct": pl.Float64,
-    "gpm_sm_occupancy_pct": pl.Float64,
-    "gpm_tensor_active_pct": pl.Float64,
-    "gpm_dram_bw_util_pct": pl.Float64,
-    "host_cpu_pct": pl.Float64,
-    "host_mem_used_bytes": pl.Int64,
-    "proc_gpu_mem_bytes": pl.Int64,
-    "proc_cpu_pct": pl.Float64,
-    "proc_rss_bytes": pl.Int64,
-}
+TELEMETRY_COLUMNS = TELEMETRY_SCHEMA
 SERVER_METRICS_COLUMNS: dict[str, Any] = {
     "experiment_id": pl.Utf8,
     "t_s": pl.Float64,
