@@ -182,27 +182,30 @@ def tenant_pool(
                 shutil.copytree(e2e_log_dir, keep, dirs_exist_ok=True)
 
 
-@pytest.fixture(scope="session")
+# Function-scoped views of the session's pool: each test gets the tenant as it is now (the
+# pool restarts one that died since it was last asked for, so one test's casualty does not
+# become the next test's ConnectError; the restart is in the tenant's log).
+@pytest.fixture
 def vllm_pair(tenant_pool: TenantPool) -> dict[str, RunningTenant]:
     return tenant_pool.get_many(["tiny-a", "tiny-b"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny_llama(vllm_pair: dict[str, RunningTenant]) -> RunningTenant:
     return vllm_pair["tiny-a"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny_llama_wide(vllm_pair: dict[str, RunningTenant]) -> RunningTenant:
     return vllm_pair["tiny-b"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def encoder_tenant(tenant_pool: TenantPool) -> RunningTenant:
     return tenant_pool.get("minilm")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def resident_tenants(tenant_pool: TenantPool) -> dict[str, RunningTenant]:
     """All three default tenants, started together (the encoder loads while vLLM starts)."""
     return tenant_pool.get_many(["tiny-a", "tiny-b", "minilm"])
