@@ -205,6 +205,12 @@ def verdict(row: dict[str, Any]) -> str:
         out += (
             "; one repetition, so no interval: run at least 3 repetitions before ranking on this"
         )
+    elif not sig and classify(row) == CLASS_HURTS:
+        # it hurts through SLO attainment, not through a slowdown the interval can confirm
+        out += (
+            "; it hurts through SLO attainment: the latency slowdown itself is not measurable "
+            "at this load (its interval contains 1.0)"
+        )
     elif not sig:
         out += (
             f"; {VERDICT_NONE} at this load (the interval contains 1.0): "

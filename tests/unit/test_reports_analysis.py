@@ -211,3 +211,19 @@ def test_bottleneck_without_gpm_says_so() -> None:
     assert "no GPM samples on this machine" in b["reading"]
     assert "this was a host (CPU) run" in b["reading"]
     assert "150% CPU (1.5 cores)" in b["reading"]
+
+
+def test_verdict_of_a_set_that_hurts_through_slo_attainment_only():
+    from reports.strategy import CLASS_HURTS, classify, verdict
+
+    row = {
+        "n_active": 2, "active_set": "a+b", "rate_scale": 1.0, "gain": 1.5,
+        "worst_slowdown": 1.1, "worst_slowdown_lo": 0.5, "worst_slowdown_hi": 2.0,
+        "worst_significant": False, "worst_metric": "e2e_p99_s", "worst_tenant": "b",
+        "slo_attainment": 0.70, "apart_slo_attainment": 0.97,
+    }
+    assert classify(row) == CLASS_HURTS
+    text = verdict(row)
+    assert "hurts through SLO attainment" in text and "no measurable interference" not in text
+    row_ok = {**row, "slo_attainment": 0.96}
+    assert "no measurable interference" in verdict(row_ok)
