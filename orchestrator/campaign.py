@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from orchestrator.spec import CampaignSpec, expand_sets
@@ -114,12 +112,3 @@ def plan_campaign(spec: CampaignSpec) -> CampaignPlan:
                     )
                 )
     return CampaignPlan(spec, list(groups.values()))
-
-
-def iter_pending(plan: CampaignPlan, run_dir: Path, resume: bool) -> Iterator[Experiment]:
-    from orchestrator.results import experiment_status
-
-    for e in plan.experiments:
-        if resume and experiment_status(run_dir / e.id) == "completed":
-            continue
-        yield e

@@ -51,12 +51,9 @@ class ResidentSet:
         self.on_event = on_event or (lambda msg: None)
         self.running: dict[str, Any] = {}  # name -> servers.launch.RunningTenant
         self.starts: list[StartRecord] = []
-        self._log_count: dict[str, int] = {}
         self.kv_info: dict[str, dict[str, Any]] = {}
 
     def _log_path(self, name: str) -> Path:
-        n = self._log_count.get(name, 0)
-        self._log_count[name] = n + 1
         # one file per start of a server, in the campaign's logs folder
         existing = sorted(self.log_dir.glob(f"{name}.*.log"))
         return self.log_dir / f"{name}.{len(existing)}.log"
