@@ -84,8 +84,9 @@ def run_experiment(
     """Run one experiment against running residents. The caller owns the manifest's creation."""
     from orchestrator.scrape import MetricsScraper
     from orchestrator.telemetry import Sampler
+    from workloads.build import offered_rate
     from workloads.clock import ExperimentClock
-    from workloads.replayer import Target, replay
+    from workloads.replayer import Target, replay, run_loop
 
     x = spec.experiment
     exp_dir = run_dir / exp.id
@@ -119,7 +120,7 @@ def run_experiment(
             n: {
                 **spec.workloads[n].model_dump(mode="json"),
                 "requests_scheduled": int(traces[n].height),
-                "offered_rate": traces[n].height / (x.warmup_s + x.duration_s),
+                "offered_rate": offered_rate(spec.workloads[n], exp.rate_scale, base_dir=base),
             }
             for n in exp.active
         },
@@ -188,7 +189,7 @@ def run_experiment(
     if scraper:
         scraper.start()
     try:
-        summary = asyncio.run(_run())
+        summary = run_loop(_run())  # the event loop `cotenant replay` uses too
         manifest.update(trace_start_s=summary.start_s, replay={
             "dispatch_lag_p50_s": summary.dispatch_lag_p50_s,
             "dispatch_lag_p99_s": summary.dispatch_lag_p99_s,
