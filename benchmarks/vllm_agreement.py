@@ -6,9 +6,14 @@ cost of cotenant's sampler (telemetry at 100 ms, at 10 ms, and off) on the tenan
     python benchmarks/vllm_agreement.py --model llama-3.2-1b --rate 20 --input 512 --output 128 \
         --share 0.4 --prompts 400                             # GPU (the H100 proof)
 
-Runs alternate (vllm, cotenant, cotenant@10ms, cotenant@off, vllm, cotenant) so slow drift
-lands on both clients. Every run uses fresh random prompts (no prefix-cache hits). Prints a
-table and ends with one line of JSON.
+Runs come in rounds; each round runs `vllm bench`, cotenant sending token ids (its default for
+completions) and cotenant sending the same-length prompts as text (what `vllm bench`'s random
+dataset sends: the server tokenizes them), in an order that rotates from round to round so slow
+drift lands on every client. Agreement is the median over rounds of the per-round ratio
+cotenant / vllm bench, with the range; the text-prompt column tells how much of a TTFT gap is the
+server's tokenization rather than the client. Then the sampler's cost: cotenant at 100 ms,
+10 ms and off. Every run uses fresh random prompts (no prefix-cache hits). Prints a table and
+ends with one line of JSON.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def vllm_bench(port: int, model: str, tokenizer: str, a: argparse.Namespace, out
 
 
 def cotenant_run(running, a: argparse.Namespace, out: Path, tag: str, seed: int,
-                 interval: float | None) -> dict:
+                 interval: float | None, text: bool = False) -> dict:
     from orchestrator.telemetry import Sampler
     from workloads.clock import ExperimentClock
     from workloads.replayer import Target, replay_to_dir
@@ -71,10 +76,16 @@ def cotenant_run(running, a: argparse.Namespace, out: Path, tag: str, seed: int,
     # at prompts / rate exactly (stable throughput across seeds)
     arrivals = np.cumsum(rng.exponential(1.0 / a.rate, a.prompts))
     arrivals *= (a.prompts / a.rate) / arrivals[-1]
+    prompts = None
+    if text:  # exact-length text made before the replay (the server tokenizes it, as for vllm bench)
+        from workloads.prompts import PromptSource
+
+        src = PromptSource(running.resolved.tokenizer_path, prompt_seed=seed, tenant="t")
+        prompts = [src.text(a.input) for _ in range(a.prompts)]
     trace = pl.DataFrame({
         "arrival_s": arrivals, "tenant": ["t"] * a.prompts, "kind": ["completion"] * a.prompts,
         "input_tokens": [a.input] * a.prompts, "output_tokens": [a.output] * a.prompts,
-        "prompt": pl.Series([None] * a.prompts, dtype=pl.Utf8),
+        "prompt": pl.Series(prompts or [None] * a.prompts, dtype=pl.Utf8),
         "batch_size": pl.Series([None] * a.prompts, dtype=pl.Int64),
     })
     target = Target(tenant="t", base_url=running.base_url, api="completions",
@@ -101,7 +112,8 @@ def cotenant_run(running, a: argparse.Namespace, out: Path, tag: str, seed: int,
     tpot = ((df["done_s"] - df["first_token_s"]) / (df["output_tokens"] - 1)) * 1e3
     itl = df["itl_s"].explode().drop_nulls() * 1e3
     return {
-        "client": "cotenant", "sampler": "off" if interval is None else f"{interval * 1e3:g} ms",
+        "client": "cotenant text" if text else "cotenant",
+        "sampler": "off" if interval is None else f"{interval * 1e3:g} ms",
         "completed": df.height, "req_per_s": df.height / span,
         "out_tok_per_s": float(df["output_tokens"].sum()) / span,
         "ttft_mean_ms": ttft.mean(), "ttft_p50_ms": ttft.median(), "ttft_p99_ms": ttft.quantile(0.99),
@@ -126,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--share", type=float, default=0.1)
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of (vllm bench, cotenant ids, cotenant text), order rotating")
+    p.add_argument("--no-sampler-runs", action="store_true",
+                   help="skip the sampler-cost runs (cotenant at 10 ms and off)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     out = a.out or Path(tempfile.mkdtemp(prefix="agreement-"))
@@ -142,14 +158,21 @@ def main(argv: list[str] | None = None) -> None:
         tok = str(running.resolved.tokenizer_path or running.resolved.path)
         # one short warm-up so neither client pays for the first compilations
         cotenant_run(running, argparse.Namespace(**{**vars(a), "prompts": 10}), out, "warm", 99, None)
-        plan = [("vllm", None), ("cotenant", 0.1), ("cotenant", 0.01), ("cotenant", None),
-                ("vllm", None), ("cotenant", 0.1)]
-        for i, (who, interval) in enumerate(plan):
-            tag = f"{i}-{who}-{interval}"
+        clients = [("vllm", 0.1, False), ("cotenant", 0.1, False), ("cotenant", 0.1, True)]
+        plan = []
+        for r in range(a.rounds):
+            k = r % len(clients)
+            plan += [(r, *c) for c in clients[k:] + clients[:k]]
+        if not a.no_sampler_runs:
+            plan += [(a.rounds, "cotenant", 0.01, False), (a.rounds, "cotenant", None, False),
+                     (a.rounds, "cotenant", 0.1, False)]
+        for i, (rnd, who, interval, text) in enumerate(plan):
+            tag = f"{i}-{who}{'-text' if text else ''}-{interval}"
             if who == "vllm":
                 rows.append(vllm_bench(running.port, running.served_name, tok, a, out, tag, 1000 + i))
             else:
-                rows.append(cotenant_run(running, a, out, tag, 1000 + i, interval))
+                rows.append(cotenant_run(running, a, out, tag, 1000 + i, interval, text))
+            rows[-1]["round"] = rnd
             console.log(f"{tag}: {rows[-1]['req_per_s']:.2f} req/s, TTFT mean "
                         f"{rows[-1]['ttft_mean_ms']:.1f} ms, TPOT {rows[-1]['tpot_mean_ms']:.2f} ms")
     finally:
@@ -158,35 +181,69 @@ def main(argv: list[str] | None = None) -> None:
     df = pl.DataFrame(rows)
     t = Table(title=f"{a.model}: {a.rate:g} req/s, {a.input} in / {a.output} out, "
                     f"{a.prompts} prompts (server up in {start_s:.0f} s)")
-    cols = ["client", "sampler", "completed", "req_per_s", "out_tok_per_s", "ttft_mean_ms",
-            "ttft_p99_ms", "tpot_mean_ms", "itl_mean_ms", "e2e_p99_ms"]
+    cols = ["round", "client", "sampler", "completed", "req_per_s", "out_tok_per_s",
+            "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms", "tpot_mean_ms", "itl_mean_ms",
+            "e2e_p99_ms"]
+    figs = cols[4:]
     for c in cols:
         t.add_column(c)
     for r in rows:
         t.add_row(*[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
     console.print(t)
 
-    def mean_of(client: str, sampler: str | None = None) -> dict:
-        sub = df.filter(pl.col("client") == client)
-        if sampler:
-            sub = sub.filter(pl.col("sampler") == sampler)
-        return {c: float(sub[c].mean()) for c in cols[3:]}
+    def ratios(client: str) -> dict:
+        """Per round: client / vllm bench (the same round's run), then median and range."""
+        out = {}
+        for f in figs:
+            per = []
+            for rnd in range(a.rounds):
+                sub = df.filter(pl.col("round") == rnd)
+                v = sub.filter(pl.col("client") == "vllm bench")[f]
+                c = sub.filter((pl.col("client") == client) & (pl.col("sampler") == "100 ms"))[f]
+                if len(v) and len(c) and v[0]:
+                    per.append(c[0] / v[0])
+            if per:
+                out[f] = {"median": float(np.median(per)), "min": min(per), "max": max(per)}
+        return out
 
-    v, c = mean_of("vllm bench"), mean_of("cotenant", "100 ms")
-    agreement = {k: c[k] / v[k] for k in v if v[k]}
-    off, fast = mean_of("cotenant", "off"), mean_of("cotenant", "10 ms")
-    sampler_cost = {
-        "100ms_vs_off_out_tok_per_s": c["out_tok_per_s"] / off["out_tok_per_s"],
-        "10ms_vs_off_out_tok_per_s": fast["out_tok_per_s"] / off["out_tok_per_s"],
-        "100ms_vs_off_tpot": c["tpot_mean_ms"] / off["tpot_mean_ms"],
-        "10ms_vs_off_tpot": fast["tpot_mean_ms"] / off["tpot_mean_ms"],
-    }
-    console.print("cotenant / vllm bench: " + ", ".join(f"{k} x{r:.3f}" for k, r in agreement.items()))
-    console.print("sampler cost: " + ", ".join(f"{k} x{r:.3f}" for k, r in sampler_cost.items()))
+    def spread(client: str) -> dict:
+        """How much one client's own runs differ (max / min over rounds): the noise floor."""
+        sub = df.filter((pl.col("client") == client) & (pl.col("round") < a.rounds))
+        return {f: float(sub[f].max() / sub[f].min()) for f in figs if sub.height and sub[f].min()}
+
+    agreement, text_agreement = ratios("cotenant"), ratios("cotenant text")
+    noise = {"vllm bench": spread("vllm bench"), "cotenant": spread("cotenant")}
+    t2 = Table(title="cotenant / vllm bench, median over rounds (range)")
+    for c in ("figure", "token ids", "text prompts", "vllm bench run-to-run max/min"):
+        t2.add_column(c)
+    def cell(d: dict, f: str) -> str:
+        return f"x{d[f]['median']:.3f} ({d[f]['min']:.3f}-{d[f]['max']:.3f})" if f in d else "-"
+
+    for f in figs:
+        t2.add_row(f, cell(agreement, f), cell(text_agreement, f),
+                   f"x{noise['vllm bench'].get(f, 0):.3f}")
+    console.print(t2)
+    sampler_cost = {}
+    if not a.no_sampler_runs:
+        last = df.filter((pl.col("round") == a.rounds) & (pl.col("client") == "cotenant"))
+
+        def fig(sampler: str, f: str) -> float:
+            return float(last.filter(pl.col("sampler") == sampler)[f].mean())
+
+        sampler_cost = {
+            "100ms_vs_off_out_tok_per_s": fig("100 ms", "out_tok_per_s") / fig("off", "out_tok_per_s"),
+            "10ms_vs_off_out_tok_per_s": fig("10 ms", "out_tok_per_s") / fig("off", "out_tok_per_s"),
+            "100ms_vs_off_tpot": fig("100 ms", "tpot_mean_ms") / fig("off", "tpot_mean_ms"),
+            "10ms_vs_off_tpot": fig("10 ms", "tpot_mean_ms") / fig("off", "tpot_mean_ms"),
+            "cpu_ms_per_sample_100ms": fig("100 ms", "sampler_cpu_ms_per_sample"),
+            "cpu_ms_per_sample_10ms": fig("10 ms", "sampler_cpu_ms_per_sample"),
+        }
+        console.print("sampler cost: " + ", ".join(f"{k} {r:.3f}" for k, r in sampler_cost.items()))
     print(json.dumps({"benchmark": "vllm_agreement", "model": a.model, "rate": a.rate,
                       "input": a.input, "output": a.output, "prompts": a.prompts,
-                      "server_start_s": start_s, "runs": rows, "agreement": agreement,
-                      "sampler_cost": sampler_cost}, default=float))
+                      "rounds": a.rounds, "server_start_s": start_s, "runs": rows,
+                      "agreement": agreement, "agreement_text_prompts": text_agreement,
+                      "run_to_run": noise, "sampler_cost": sampler_cost}, default=float))
 
 
 if __name__ == "__main__":

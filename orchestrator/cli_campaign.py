@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -149,9 +150,15 @@ def up(spec: Path, check: bool, only: tuple[str, ...], logs: Path) -> None:
               help="ray: the cluster to join (e.g. auto, or HEAD:6379); default: a local Ray.")
 @click.option("--retries", type=click.IntRange(0, 10), default=0, show_default=True,
               help="Run a resident set's failed experiments again, in fresh servers, up to N times.")
+@click.option("--sharing", type=click.Choice(["time-slice", "mps"]), default=None,
+              help="Override the spec's sharing mode; runs as campaign NAME-MODE (its own run "
+              "directory), ready for `cotenant compare` against the spec's mode.")
+@click.option("--rate-scales", default=None, metavar="LIST",
+              help="Override experiment.rate_scales, e.g. 2 or 1,2,4; runs as campaign "
+              "NAME-x2 (NAME-x1-x2-x4, ...).")
 def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool,
         no_report: bool, executor: str, gpus: str | None, address: str | None,
-        retries: int) -> None:
+        retries: int, sharing: str | None, rate_scales: str | None) -> None:
     """Run the campaign in SPEC and write runs/<name>/ (then its report).
 
     Experiments that share a resident set reuse its servers; repetitions interleave; a
@@ -165,6 +172,7 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
       cotenant run examples/cpu-demo.yaml --resume
       cotenant run examples/h100-pairing.yaml --gpus 0,1,2,3
       cotenant run examples/h100-pairing.yaml --executor ray --address auto --retries 1
+      cotenant run examples/h100-pairing.yaml --rate-scales 2 --sharing mps
     """
     from orchestrator.campaign import plan_campaign
     from orchestrator.executors import parse_gpus
@@ -172,6 +180,7 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
     from orchestrator.spec import load_spec
 
     s, base = load_spec(spec)
+    s = override_spec(s, spec, sharing=sharing, rate_scales=rate_scales)
     gpu_list = parse_gpus(gpus)
     if dry_run:
         p = plan_campaign(s)
@@ -197,6 +206,35 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
     if res.report is not None:
         for label, path in _report_paths(res.report):
             c.print(f"{label}: {path}")
+
+
+def override_spec(s: Any, source: Path, *, sharing: str | None = None,
+                  rate_scales: str | None = None) -> Any:
+    """The spec with command-line overrides, validated like the file (errors name the option).
+    Each override renames the campaign (NAME-x2, NAME-mps, NAME-x2-mps), so the runs sit side
+    by side under runs/ for `cotenant compare` and each resumes on its own."""
+    from orchestrator.errors import SpecError
+    from orchestrator.spec import parse_spec
+
+    if sharing is None and rate_scales is None:
+        return s
+    data = s.model_dump(mode="json", exclude_unset=True)
+    opts, name = [], s.name
+    if rate_scales is not None:
+        try:
+            scales = [float(x) for x in rate_scales.split(",") if x.strip()]
+        except ValueError:
+            raise SpecError(f"--rate-scales {rate_scales!r}: a comma-separated list of numbers, "
+                            "e.g. 1,2,4") from None
+        data.setdefault("experiment", {})["rate_scales"] = scales
+        opts.append(f"--rate-scales {rate_scales}")
+        name += "".join(f"-x{x:g}" for x in scales)
+    if sharing is not None:
+        data.setdefault("sharing", {})["mode"] = sharing
+        opts.append(f"--sharing {sharing}")
+        name += f"-{sharing}"
+    data["name"] = name
+    return parse_spec(data, f"{source} with {' '.join(opts)}")
 
 
 def _report_paths(report: object) -> list[tuple[str, str]]:

@@ -114,3 +114,18 @@ def test_plan_interleaves_repetitions_and_ids_are_stable():
     other = parse_spec({**BASE, "strategy": ["isolated", "all"],
                         "experiment": {"repetitions": 3, "seed": 1}})
     assert [e.id for e in plan_campaign(other).experiments] != [e.id for e in exps]
+
+
+def test_command_line_overrides_rename_and_validate(tmp_path: Path) -> None:
+    from orchestrator.cli_campaign import override_spec
+
+    s, _ = load_spec(Path(__file__).parents[2] / "examples" / "h100-pairing.yaml")
+    assert override_spec(s, Path("x.yaml")) is s
+    o = override_spec(s, Path("x.yaml"), sharing="mps", rate_scales="2")
+    assert o.name == f"{s.name}-x2-mps" and o.sharing.mode == "mps"
+    assert o.experiment.rate_scales == [2.0]
+    assert o.tenants == s.tenants and o.workloads == s.workloads and o.slo == s.slo
+    with pytest.raises(SpecError, match=r"--rate-scales 'two'"):
+        override_spec(s, Path("x.yaml"), rate_scales="two")
+    with pytest.raises(SpecError, match=r"(?s)x.yaml with --rate-scales -1.*rate_scales"):
+        override_spec(s, Path("x.yaml"), rate_scales="-1")
