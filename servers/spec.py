@@ -8,13 +8,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _TenantBase(_Strict):
@@ -65,11 +65,19 @@ class VllmTenant(_TenantBase):
     engine_args: Annotated[
         list[str], Field(description="Extra vLLM arguments, passed through untouched")
     ] = []
-    api_key: str | None = None
+    api_key: Annotated[
+        SecretStr | None,
+        Field(description="Bearer key the tenant requires; written as '**********' in results"),
+    ] = None
 
     @property
     def api_name(self) -> str:
         return self.served_name or self.name
+
+    @property
+    def key(self) -> str | None:
+        """The API key's value (``api_key`` is a secret: dumps show it masked)."""
+        return self.api_key.get_secret_value() if self.api_key else None
 
 
 class EncoderTenant(_TenantBase):
@@ -82,11 +90,19 @@ class EncoderTenant(_TenantBase):
     max_items: Annotated[int, Field(gt=0, description="Items per request")] = 2048
     device: Annotated[str | None, Field(description="torch device; default: cuda if present")] = None
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    api_key: str | None = None
+    api_key: Annotated[
+        SecretStr | None,
+        Field(description="Bearer key the tenant requires; written as '**********' in results"),
+    ] = None
 
     @property
     def api_name(self) -> str:
         return self.name
+
+    @property
+    def key(self) -> str | None:
+        """The API key's value (``api_key`` is a secret: dumps show it masked)."""
+        return self.api_key.get_secret_value() if self.api_key else None
 
 
 TenantSpec = Annotated[VllmTenant | EncoderTenant, Field(discriminator="kind")]

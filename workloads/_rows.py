@@ -48,8 +48,10 @@ class RowReader:
 def json_object(text: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
-    except ValueError as e:
+    except ValueError as e:  # JSONDecodeError, and integers of more than 4300 digits
         raise BadValue(None, f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadValue(None, "not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadValue(None, f"expected a JSON object, found {type(obj).__name__}")
     return obj
@@ -147,6 +149,20 @@ def text_field(v: Any, column: str, *, nullable: bool = False) -> str | None:
     return v
 
 
+_MAX_NS = 2**62
+"""Times are kept as int64 nanoseconds and subtracted from the first one: any two within
++-2**62 ns (146 years around 1970) have a difference that fits."""
+
+
+def seconds_ns(seconds: float, column: str, *, scale: float = 1e9) -> int:
+    """``seconds * scale`` as whole nanoseconds (``scale=1e6`` for milliseconds), refusing
+    times that are not finite or more than 146 years from 1970 (they overflow int64)."""
+    ns = seconds * scale
+    if not math.isfinite(ns) or abs(ns) > _MAX_NS:
+        raise BadValue(column, f"time {seconds!r} is out of range (more than 146 years from 1970)")
+    return round(ns)
+
+
 _DATETIME = re.compile(
     r"(\d{4})-(\d{1,2})-(\d{1,2})[ T](\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"\s*(Z|[+-]\d{2}:?\d{2})?"
@@ -161,16 +177,17 @@ def timestamp_ns(v: Any, column: str) -> int:
     an offset it is read as UTC. Only differences between rows are used.
     """
     if isinstance(v, int | float) and not isinstance(v, bool):
-        return round(float_field(v, column) * 1e9)
+        return seconds_ns(float_field(v, column), column)
     if not isinstance(v, str):
         raise BadValue(column, f"expected a time, found {type(v).__name__}")
     s = v.strip()
     m = _DATETIME.fullmatch(s)
     if m is None:
         try:
-            return round(float_field(s, column) * 1e9)
+            f = float_field(s, column)
         except BadValue:
             raise BadValue(column, f"expected a date-time or seconds, found {_show(v)}") from None
+        return seconds_ns(f, column)
     y, mo, d, hh, mm, ss, frac, tz = m.groups()
     try:
         dt = datetime.datetime(int(y), int(mo), int(d), int(hh), int(mm), int(ss))
@@ -182,6 +199,8 @@ def timestamp_ns(v: Any, column: str) -> int:
         sign = -1 if tz[0] == "-" else 1
         digits = tz[1:].replace(":", "")
         ns -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60) * 1_000_000_000
+    if abs(ns) > _MAX_NS:
+        raise BadValue(column, f"time {_show(v)} is out of range (more than 146 years from 1970)")
     return ns
 
 

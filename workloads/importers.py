@@ -36,6 +36,7 @@ from workloads._rows import (
     float_field,
     int_field,
     json_object,
+    seconds_ns,
     text_field,
     text_lines,
     timestamp_ns,
@@ -142,7 +143,7 @@ def detect_format(path: str | Path) -> str:
     if text.startswith("{"):
         try:
             obj = json.loads(first)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = {}
         keys = set(obj) if isinstance(obj, dict) else set()
         if "arrival_s" in keys:
@@ -277,7 +278,8 @@ def _mooncake(path: Path, rows: RowReader, _skip_failed: bool) -> tuple[pl.DataF
         n += 1
         try:
             obj = json_object(text)
-            t = round(float_field(_field(obj, "timestamp"), "timestamp") * 1e6)  # ms
+            ms = float_field(_field(obj, "timestamp"), "timestamp")
+            t = seconds_ns(ms, "timestamp", scale=1e6)  # milliseconds
             i = int_field(_field(obj, "input_length"), "input_length")
             o = int_field(_field(obj, "output_length"), "output_length")
         except BadValue as e:
@@ -349,6 +351,10 @@ def _json_array_items(path: Path) -> Iterator[tuple[int, Any]]:
             item, end = dec.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise TraceFormatError(path, f"not valid JSON: {e.msg}", line=e.lineno) from None
+        except ValueError as e:  # an integer of more than 4300 digits
+            raise TraceFormatError(path, f"not valid JSON: {e}", line=line) from None
+        except RecursionError:
+            raise TraceFormatError(path, "not valid JSON: nested too deeply", line=line) from None
         yield line, item
         i = _WS.match(text, end).end()  # type: ignore[union-attr]
         if text[i : i + 1] == ",":
@@ -359,8 +365,15 @@ def _json_array_items(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _sharegpt_items(path: Path, rows: RowReader) -> Iterator[tuple[int, Any]]:
-    with open(path, "rb") as f:
-        start = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except FileNotFoundError:
+        raise TraceFormatError(path, "no such file") from None
+    except IsADirectoryError:
+        raise TraceFormatError(path, "is a folder, not a trace file") from None
+    except OSError as e:
+        raise TraceFormatError(path, f"cannot read: {e.strerror or e}") from None
     if start.startswith(b"["):
         yield from _json_array_items(path)
         return

@@ -94,13 +94,19 @@ def normalize_trace(df: pl.DataFrame, *, source: str = "<trace>") -> pl.DataFram
             default: Any = "completion" if name == "kind" else None
             df = df.with_columns(pl.Series(name, [default] * n, dtype=dtype))
         elif df.schema[name] != dtype:
+            found = df.schema[name]
             try:
-                df = df.with_columns(pl.col(name).cast(dtype, strict=True))
+                cast = df.with_columns(pl.col(name).cast(dtype, strict=True))
             except pl.exceptions.PolarsError:
-                bad = _first_cast_failure(df[name], dtype)
+                cast = None
+            # a struct or list column "casts" field by field and stays nested: refuse it too
+            if cast is None or cast.schema[name] != dtype:
+                bad = None if found.is_nested() else _first_cast_failure(df[name], dtype)
+                where = f"row {bad + 1}: " if bad is not None else ""
                 raise TraceFormatError(
-                    source, f"row {bad + 1}: not a valid {dtype}", column=name
-                ) from None
+                    source, f"{where}not a valid {dtype} (the column holds {found})", column=name
+                )
+            df = cast
     _validate(df, source)
     df = df.with_columns(
         pl.when(pl.col("kind") == "embedding")
@@ -112,10 +118,15 @@ def normalize_trace(df: pl.DataFrame, *, source: str = "<trace>") -> pl.DataFram
     return df.select([*TRACE_SCHEMA, *extras]).sort("arrival_s", maintain_order=True)
 
 
-def _first_cast_failure(s: pl.Series, dtype: Any) -> int:
-    cast = s.cast(dtype, strict=False)
+def _first_cast_failure(s: pl.Series, dtype: Any) -> int | None:
+    """The first row whose value does not cast; None when the whole column's type cannot
+    (a struct or binary column where a number is expected)."""
+    try:
+        cast = s.cast(dtype, strict=False)
+    except pl.exceptions.PolarsError:
+        return None
     bad = (cast.is_null() & s.is_not_null()).arg_true()
-    return int(bad[0]) if len(bad) else 0
+    return int(bad[0]) if len(bad) else None
 
 
 def _validate(df: pl.DataFrame, source: str) -> None:
@@ -176,8 +187,12 @@ def load_trace(path: str | Path) -> pl.DataFrame:
             df = pl.read_parquet(path)
         except FileNotFoundError:
             raise TraceFormatError(path, "no such file") from None
-        except (pl.exceptions.PolarsError, OSError) as e:
-            raise TraceFormatError(path, f"not a readable Parquet file: {e}") from None
+        except IsADirectoryError:
+            raise TraceFormatError(path, "is a folder, not a trace file") from None
+        except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError) as e:
+            # a damaged file can make the Parquet reader panic (a BaseException)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TraceFormatError(path, f"not a readable Parquet file: {msg}") from None
         return normalize_trace(df, source=str(path))
     if suffix in (".jsonl", ".ndjson"):
         return _load_jsonl(path)

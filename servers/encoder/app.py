@@ -1,8 +1,11 @@
 """The encoder's HTTP API: OpenAI-compatible embeddings, models, health and Prometheus metrics.
 
 ``create_app(model, settings)`` builds the FastAPI app around a loaded model, so tests can
-drive it in-process through ``httpx.ASGITransport``. Errors are OpenAI-shaped:
-``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status.
+drive it in-process through ``httpx.ASGITransport``. Every error, the framework's own (404,
+405) and unexpected ones (500) included, is OpenAI-shaped:
+``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status. The OpenAPI
+schema at ``/openapi.json`` describes the request body that the handler checks by hand
+(the body is read in chunks, so that the size limit holds without a Content-Length).
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import contextlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -60,6 +64,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -67,16 +72,131 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.type, self.param, self.code)
+        return error_response(
+            self.status, self.message, self.type, self.param, self.code, headers=self.headers
+        )
 
 
 def error_response(
-    status: int, message: str, type: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ---- the OpenAPI description of what the handlers check by hand ----------------------------
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        400: "Invalid request",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Request body too large",
+        503: "Queue full",
+    }
+    return {
+        s: {
+            "description": what[s],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for s in statuses
+    }
+
+
+def _embeddings_request_schema(model: EncoderModel, settings: EncoderSettings) -> dict[str, Any]:
+    ids = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": model.max_seq_length,
+        "items": {"type": "integer", "minimum": 0, "maximum": model.vocab_size - 1},
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["input"],
+        "properties": {
+            "input": {
+                "description": "A string, strings, token ids, or lists of token ids; at most "
+                f"{model.max_seq_length} tokens each",
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": settings.max_items,
+                        "items": {"type": "string", "minLength": 1},
+                    },
+                    ids,
+                    {"type": "array", "minItems": 1, "maxItems": settings.max_items, "items": ids},
+                ],
+            },
+            "model": {"type": ["string", "null"], "enum": [settings.served_name, None]},
+            "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", None]},
+            "dimensions": {"type": ["integer", "null"], "enum": [model.dim, None]},
+            "user": {"type": ["string", "null"]},
+        },
+    }
+
+
+_EMBEDDINGS_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["object", "index", "embedding"],
+                "properties": {
+                    "object": {"const": "embedding"},
+                    "index": {"type": "integer"},
+                    "embedding": {
+                        "anyOf": [
+                            {"type": "array", "items": {"type": "number"}},
+                            {"type": "string"},
+                        ]
+                    },
+                },
+            },
+        },
+        "model": {"type": "string"},
+        "usage": {
+            "type": "object",
+            "properties": {
+                "prompt_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            },
+        },
+    },
+}
 
 
 class _Metrics:
@@ -119,19 +239,43 @@ class _Metrics:
         self.tokens.inc(s.tokens)
 
 
+def _token_id(t: Any) -> int | None:
+    """An int, or a float without a fraction (JSON Schema's integers include ``3.0``)."""
+    if type(t) is int:
+        return t
+    if type(t) is float and t.is_integer():
+        return int(t)
+    return None
+
+
 def _check_ids(seq: list[Any], vocab: int, where: str) -> list[int]:
     if not seq:
         raise ApiError(400, f"{where} is an empty list of token ids", param="input")
+    out: list[int] = []
     for t in seq:
-        if type(t) is not int:
+        i = _token_id(t)
+        if i is None:
             raise ApiError(400, f"{where}: token ids must be integers", param="input")
-        if not 0 <= t < vocab:
+        if not 0 <= i < vocab:
             raise ApiError(
                 400,
-                f"{where}: token id {t} is outside the vocabulary (0..{vocab - 1})",
+                f"{where}: token id {i} is outside the vocabulary (0..{vocab - 1})",
                 param="input",
             )
-    return seq
+        out.append(i)
+    return out
+
+
+def _check_text(s: str, where: str) -> None:
+    """JSON may escape a lone surrogate (``"\\ud800"``), which no tokenizer can encode."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(
+            400,
+            f"{where} is not valid Unicode text (a lone surrogate at character {e.start})",
+            param="input",
+        ) from None
 
 
 def parse_input(value: Any, vocab: int) -> tuple[list[str | list[int]], str]:
@@ -141,6 +285,7 @@ def parse_input(value: Any, vocab: int) -> tuple[list[str | list[int]], str]:
     if isinstance(value, str):
         if not value:
             raise ApiError(400, "input is an empty string", param="input")
+        _check_text(value, "input")
         return [value], "text"
     if not isinstance(value, list):
         raise ApiError(
@@ -158,8 +303,9 @@ def parse_input(value: Any, vocab: int) -> tuple[list[str | list[int]], str]:
                 raise ApiError(400, f"input[{i}]: expected a string like input[0]", param="input")
             if not v:
                 raise ApiError(400, f"input[{i}] is an empty string", param="input")
+            _check_text(v, f"input[{i}]")
         return list(value), "text"
-    if type(first) is int:
+    if _token_id(first) is not None:
         return [_check_ids(value, vocab, "input")], "ids"
     if isinstance(first, list):
         out: list[str | list[int]] = []
@@ -201,7 +347,7 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
         title="cotenant encoder",
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
         lifespan=lifespan,
     )
     app.state.batcher = batcher
@@ -218,11 +364,19 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return error_response(exc.status_code, str(exc.detail), kind)
+        # keep the framework's headers (405's Allow)
+        return error_response(exc.status_code, str(exc.detail), kind, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, str(exc), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises it after this answer, so the server's log has the traceback
+        return error_response(
+            500, f"internal error: {type(exc).__name__}", "server_error", code="internal_error"
+        )
 
     def _authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -236,6 +390,7 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
                 401,
                 "missing or wrong API key (Authorization: Bearer ...)",
                 code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
             )
 
     async def _read_body(request: Request) -> bytes:
@@ -267,16 +422,35 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
 
     # ---- routes ----
 
-    @app.get("/health")
+    secured = settings.api_key is not None
+    security: dict[str, Any] = {"security": [{"bearer": []}]} if secured else {}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+            if secured:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/health", responses={200: {"description": "Serving"}})
     async def health() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text format"}},
+    )
     async def prometheus() -> Response:
         metrics.queue_depth.set(batcher.depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_errors(401) if secured else {}, openapi_extra=security)
     async def models(request: Request) -> Response:
         _authorize(request)
         return JSONResponse(
@@ -295,7 +469,25 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
             }
         )
 
-    @app.post("/v1/embeddings")
+    @app.post(
+        "/v1/embeddings",
+        responses={
+            200: {
+                "description": "Embeddings",
+                "content": {"application/json": {"schema": _EMBEDDINGS_RESPONSE}},
+            },
+            **_errors(400, 404, 413, 503, *((401,) if secured else ())),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _embeddings_request_schema(model, settings)}
+                },
+            },
+            **security,
+        },
+    )
     async def embeddings(request: Request) -> Response:
         t0 = time.monotonic()
         status = "error"
@@ -315,13 +507,20 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
         raw = await _read_body(request)
         try:
             body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers > 4300 digits
             raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         unknown = sorted(set(body) - _ALLOWED_KEYS)
         if unknown:
             raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
+        for key in ("model", "encoding_format", "user"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ApiError(
+                    400, f"{key} must be a string, not {type(body[key]).__name__}", param=key
+                )
         name = body.get("model")
         if name is not None and name != settings.served_name:
             raise ApiError(
@@ -330,7 +529,8 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
                 param="model",
                 code="model_not_found",
             )
-        fmt = body.get("encoding_format") or "float"
+        fmt = body.get("encoding_format")
+        fmt = "float" if fmt is None else fmt
         if fmt not in ("float", "base64"):
             raise ApiError(
                 400,
@@ -338,7 +538,7 @@ def create_app(model: EncoderModel, settings: EncoderSettings) -> FastAPI:
                 param="encoding_format",
             )
         dims = body.get("dimensions")
-        if dims is not None and dims != model.dim:
+        if dims is not None and (isinstance(dims, bool) or dims != model.dim):
             raise ApiError(
                 400,
                 f"this model has {model.dim} dimensions and cannot return {dims!r}",
