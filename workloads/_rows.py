@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from workloads.errors import TraceFormatError
 
@@ -211,17 +211,22 @@ def _show(v: str, limit: int = 40) -> str:
 # ---- files ---------------------------------------------------------------------------------
 
 
-def text_lines(path: str | Path, rows: RowReader) -> Iterator[str]:
-    """The file's lines as text; a line that is not UTF-8 is a bad row (blank if skipped)."""
+def open_trace(path: str | Path) -> BinaryIO:
+    """Open a trace file for reading bytes; a missing file, a folder or an unreadable file is
+    a `TraceFormatError` naming it."""
     try:
-        f = open(path, "rb")  # noqa: SIM115
+        return open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise TraceFormatError(path, "no such file") from None
     except IsADirectoryError:
         raise TraceFormatError(path, "is a folder, not a trace file") from None
     except OSError as e:
         raise TraceFormatError(path, f"cannot read: {e.strerror or e}") from None
-    with f:
+
+
+def text_lines(path: str | Path, rows: RowReader) -> Iterator[str]:
+    """The file's lines as text; a line that is not UTF-8 is a bad row (blank if skipped)."""
+    with open_trace(path) as f:
         for line_no, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")

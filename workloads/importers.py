@@ -36,6 +36,7 @@ from workloads._rows import (
     float_field,
     int_field,
     json_object,
+    open_trace,
     seconds_ns,
     text_field,
     text_lines,
@@ -365,15 +366,8 @@ def _json_array_items(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _sharegpt_items(path: Path, rows: RowReader) -> Iterator[tuple[int, Any]]:
-    try:
-        with open(path, "rb") as f:
-            start = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    except FileNotFoundError:
-        raise TraceFormatError(path, "no such file") from None
-    except IsADirectoryError:
-        raise TraceFormatError(path, "is a folder, not a trace file") from None
-    except OSError as e:
-        raise TraceFormatError(path, f"cannot read: {e.strerror or e}") from None
+    with open_trace(path) as f:
+        start = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
     if start.startswith(b"["):
         yield from _json_array_items(path)
         return
