@@ -88,6 +88,15 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk wherever it hit (a parallel worker's run directory, a report): one line
+        click.secho(f"error: disk full: {e}; make room, then run again with --resume",
+                    fg="red", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -218,7 +218,7 @@ def override_spec(s: Any, source: Path, *, sharing: str | None = None,
 
     if sharing is None and rate_scales is None:
         return s
-    data = s.model_dump(exclude_unset=True)  # python mode: secrets stay secrets, not '****' 
+    data = s.model_dump(exclude_unset=True)  # python mode: secrets stay secrets
     opts, name = [], s.name
     if rate_scales is not None:
         try:

@@ -60,6 +60,7 @@ from orchestrator.experiment import ExperimentOutcome
 
 LogFn = Callable[[str], None]
 DoneFn = Callable[[ExperimentOutcome], None]
+ProgressFn = Callable[[str, str, Any], None]  # (group label, experiment id, snapshot | None)
 GroupFn = Callable[..., Any]  # runner.run_group's signature
 
 EXECUTORS = ("local", "ray")
@@ -84,8 +85,11 @@ class Executor(Protocol):
     name: str
     retries: int
 
-    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn) -> None:
-        """Run every job; call ``on_done`` once per experiment with its final outcome."""
+    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn,
+            progress: ProgressFn | None = None) -> None:
+        """Run every job; call ``on_done`` once per experiment with its final outcome, and
+        ``progress(label, experiment_id, snapshot or None)`` while experiments replay (where
+        the executor can: in-process and local workers; Ray tasks log only)."""
         ...
 
 
@@ -270,10 +274,12 @@ class SerialExecutor(_Base):
         super().__init__(retries)
         self.group_fn = group_fn
 
-    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn) -> None:
+    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn,
+            progress: ProgressFn | None = None) -> None:
         from orchestrator.runner import run_group
 
         group_fn = self.group_fn or run_group
+        extra = {"progress": progress} if progress else {}
         todo = deque(jobs)
         while todo:
             job = todo.popleft()
@@ -285,7 +291,7 @@ class SerialExecutor(_Base):
                 reported.add(out.experiment.id)
                 self._report(job, out, held, log, on_done)
 
-            group_fn(replace(ctx, label=job.label), job.experiments, log=log, on_done=done)
+            group_fn(replace(ctx, label=job.label), job.experiments, log=log, on_done=done, **extra)
             retry = self._end(ctx, job, reported, held, None, log, on_done)
             if retry:
                 todo.append(retry)
@@ -298,27 +304,64 @@ import os, shutil, signal, sys, time
 # not a child of the worker: Ray kills a dead worker's children (this guard among them)
 if os.fork() > 0:
     os._exit(0)
-groups = set()
+groups = {}  # process group id -> its leader's start time (clock ticks since boot) or None
 for line in sys.stdin:
     line = line.strip()
     if line == "done":
         sys.exit(0)
-    if line[1:].isdigit():
-        (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
-def alive(g):
+    g, _, st = line[1:].partition(":")
+    if g.isdigit():
+        if line[0] == "+":
+            groups[int(g)] = int(st) if st.isdigit() else None
+        else:
+            groups.pop(int(g), None)
+PROC = os.path.isdir("/proc")
+def stat(pid):
     try:
-        os.killpg(g, 0)
-        return True
-    except OSError:
-        return False
-for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-    for g in list(groups):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+def ours(g, st):
+    # a group id is a pid and pids are recycled: while the leader we were told about runs, the
+    # whole group; once it is gone, the group's members that started after it (left-over
+    # children); a leader that started at another time means the id now names a stranger
+    if not PROC or st is None:
+        return [0]  # no way to tell: the group as it is
+    lead = stat(g)
+    if lead is not None and lead[0] not in ("Z", "X"):
+        return [0] if int(lead[19]) == st else []
+    out = []
+    for e in os.listdir("/proc"):
+        f = stat(e) if e.isdigit() else None
+        if f and int(f[2]) == g and f[0] not in ("Z", "X") and int(f[19]) >= st:
+            out.append(int(e))
+    return out
+def kill(g, st, sig):
+    targets = ours(g, st)
+    for pid in targets:
         try:
-            os.killpg(g, sig)
+            os.killpg(g, sig) if pid == 0 else os.kill(pid, sig)
         except OSError:
-            groups.discard(g)
+            if pid == 0:
+                return False
+    return bool(targets)
+def alive(g, st):
+    if not PROC or st is None:
+        try:
+            os.killpg(g, 0)
+            return True
+        except OSError:
+            return False
+    return bool(ours(g, st))
+for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+    for g, st in list(groups.items()):
+        if not kill(g, st, sig):
+            groups.pop(g, None)
+        elif sig == signal.SIGTERM:
+            kill(g, st, signal.SIGCONT)  # a stopped server acts on the SIGTERM now
     end = time.monotonic() + wait
-    while time.monotonic() < end and any(alive(g) for g in groups):
+    while time.monotonic() < end and any(alive(g, st) for g, st in groups.items()):
         time.sleep(0.1)
 for folder in sys.argv[1:]:
     shutil.rmtree(folder, ignore_errors=True)
@@ -361,16 +404,17 @@ class OrphanGuard:
         # only servers started since the guard began: never servers the process already ran
         # (in a test session, the shared fixtures' tenants)
         now = {
-            p.pgid
+            p.pgid: p.start_ticks
             for p in running_servers()
             if p.pgid is not None and (p.started_at or 0.0) >= self._t0
         }
         with contextlib.suppress(OSError, ValueError):
-            for g in now - self._sent:
-                self._send(f"+{g}")
-            for g in self._sent - now:
+            for g in now.keys() - self._sent:
+                # with the leader's start time: the guard never signals a recycled group id
+                self._send(f"+{g}" + (f":{now[g]}" if now[g] is not None else ""))
+            for g in self._sent - now.keys():
                 self._send(f"-{g}")
-            self._sent = now
+            self._sent = set(now)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -424,7 +468,8 @@ def _watch_parent(interval_s: float = 1.0) -> None:
 def _local_worker(slot: str, ctx: Any, pending: list[Experiment], conn: Any,
                   group_fn: GroupFn | None) -> None:
     """A worker process: one group on one GPU. Messages to the driver: ("log", text),
-    ("done", outcome tuple), ("error", text), ("end",)."""
+    ("progress", label, experiment id, snapshot | None), ("done", outcome tuple),
+    ("error", text), ("end",)."""
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     os.environ["CUDA_VISIBLE_DEVICES"] = slot
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -444,6 +489,7 @@ def _local_worker(slot: str, ctx: Any, pending: list[Experiment], conn: Any,
             ctx, pending,
             log=lambda m: send("log", str(m)),
             on_done=lambda o: send("done", outcome_tuple(o)),
+            progress=lambda label, eid, snap: send("progress", label, eid, snap),
         )
         send("end")
     except KeyboardInterrupt:
@@ -483,7 +529,8 @@ class LocalParallelExecutor(_Base):
         self.group_fn = group_fn
         self.stop_grace_s = stop_grace_s
 
-    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn) -> None:
+    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn,
+            progress: ProgressFn | None = None) -> None:
         import multiprocessing as mp
         from multiprocessing.connection import wait
 
@@ -510,11 +557,11 @@ class LocalParallelExecutor(_Base):
                         f"experiments{', retry' if job.attempt else ''}) on slot {slot}")
                 wait([r.conn for r in running] + [r.proc.sentinel for r in running], timeout=1.0)
                 for r in list(running):
-                    self._drain(r, log, on_done)
+                    self._drain(r, log, on_done, progress)
                     if r.proc.exitcode is None:
                         continue
                     r.proc.join()
-                    self._drain(r, log, on_done)
+                    self._drain(r, log, on_done, progress)
                     running.remove(r)
                     free.append(r.slot)
                     free.sort(key=self.slots.index)
@@ -534,7 +581,8 @@ class LocalParallelExecutor(_Base):
             self._stop_all(running, log, on_done)
             raise
 
-    def _drain(self, r: _Running, log: LogFn, on_done: DoneFn) -> None:
+    def _drain(self, r: _Running, log: LogFn, on_done: DoneFn,
+               progress: ProgressFn | None = None) -> None:
         by_id = {e.id: e for e in r.job.experiments}
         while True:
             try:
@@ -544,7 +592,10 @@ class LocalParallelExecutor(_Base):
             except (EOFError, OSError):
                 return
             kind = msg[0]
-            if kind == "log":
+            if kind == "progress":
+                if progress:
+                    progress(*msg[1:])
+            elif kind == "log":
                 log(f"[dim]{r.job.label}@{r.slot}[/] {msg[1]}")
             elif kind == "done":
                 eid, status, reason, n, errors = msg[1]
@@ -721,7 +772,8 @@ class RayExecutor(_Base):
         self.init_kwargs = init_kwargs or {}
         self.stats = TransferStats()
 
-    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn) -> None:
+    def run(self, ctx: Any, jobs: list[GroupJob], *, log: LogFn, on_done: DoneFn,
+            progress: ProgressFn | None = None) -> None:
         ray = import_ray()
         started = False
         if not ray.is_initialized():

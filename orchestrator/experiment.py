@@ -1,27 +1,37 @@
 """One experiment: health check, traces, telemetry, warm-up + measurement window, drain, results.
 
-A tenant that dies fails the experiment (with the reason and its log tail); Ctrl-C marks it
+A tenant that dies fails the experiment (with the reason and its log tail), and so does one
+that hangs (it does not answer ``/health`` after the window: its requests end as ``timeout``
+rows at their deadline or the drain deadline, which bound the experiment); Ctrl-C marks it
 interrupted; in every case what was measured is on disk (requests.jsonl is appended as
-requests finish and compacted into requests.parquet at the end).
+requests finish and compacted into requests.parquet at the end). A trace that cannot be built
+(a deleted file) fails the experiment before anything is sent. A full disk fails it with
+``fatal`` set: the campaign stops rather than fail every experiment after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from orchestrator.campaign import Experiment
 from orchestrator.residents import ResidentSet
 from orchestrator.spec import CampaignSpec
+from workloads.fileio import atomic_write_text
 from workloads.records import compact_jsonl
 
+if TYPE_CHECKING:
+    from workloads.replayer import Api
+
 PREPARE_S = 1.0
+HEALTH_TIMEOUT_S = 5.0  # a tenant that does not answer /health within this is hung
 
 
 @dataclass
@@ -31,9 +41,20 @@ class ExperimentOutcome:
     reason: str | None
     requests: int
     errors: int
+    restart: bool = True  # a failure that may have left the servers unwell: restart them
+    fatal: str | None = None  # the campaign cannot go on (a full disk): why
 
 
-def default_api(kind: str) -> str:
+def disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class SetupFailed(Exception):
+    """The experiment could not be prepared (its trace, its workload): nothing was sent, the
+    servers are fine."""
+
+
+def default_api(kind: str) -> Api:
     return "embeddings" if kind == "encoder" else "completions"
 
 
@@ -61,6 +82,10 @@ class TenantDied(Exception):
     def __init__(self, dead: dict[str, str]) -> None:
         self.dead = dead
         super().__init__("; ".join(dead.values()))
+
+
+class TenantHung(TenantDied):
+    """Alive but not answering (stopped, deadlocked): failed like a dead one, then restarted."""
 
 
 async def _watch(residents: ResidentSet, stop: asyncio.Event, interval: float = 0.25) -> None:
@@ -92,13 +117,26 @@ def run_experiment(
     exp_dir = run_dir / exp.id
     exp_dir.mkdir(parents=True, exist_ok=True)
     jsonl = exp_dir / "requests.jsonl"
-    if jsonl.exists():  # a rerun (resume of a failed/interrupted one) starts clean
-        jsonl.unlink()
+    # a rerun (resume of a failed/interrupted one) starts clean: no row or sample of the
+    # earlier attempt may pass for this one's (a write this attempt skips would leave it)
+    for name in ("requests.jsonl", "requests.parquet", "telemetry.parquet",
+                 "server_metrics.parquet", "error.txt"):
+        with contextlib.suppress(FileNotFoundError):
+            (exp_dir / name).unlink()
 
     dead = residents.dead()
     if dead:
         raise TenantDied(dead)
-    traces = build_traces(spec, base, exp)
+    hung = residents.unresponsive(HEALTH_TIMEOUT_S)
+    if hung:
+        raise TenantHung(hung)
+    try:
+        traces = build_traces(spec, base, exp)
+        offered = {
+            n: offered_rate(spec.workloads[n], exp.rate_scale, base_dir=base) for n in exp.active
+        }
+    except Exception as e:  # a trace file gone or broken: nothing sent, the servers are fine
+        raise SetupFailed(f"cannot build the workload: {type(e).__name__}: {e}") from e
     trace = pl.concat(list(traces.values()), how="diagonal_relaxed").sort("arrival_s")
     targets = []
     for name in exp.active:
@@ -120,7 +158,7 @@ def run_experiment(
             n: {
                 **spec.workloads[n].model_dump(mode="json"),
                 "requests_scheduled": int(traces[n].height),
-                "offered_rate": offered_rate(spec.workloads[n], exp.rate_scale, base_dir=base),
+                "offered_rate": offered[n],
             }
             for n in exp.active
         },
@@ -165,9 +203,7 @@ def run_experiment(
                 drain_s=x.drain_s,
                 prompt_seed=exp.prompt_seed,
                 max_concurrency={
-                    n: spec.workloads[n].max_concurrency
-                    for n in exp.active
-                    if spec.workloads[n].max_concurrency
+                    n: c for n in exp.active if (c := spec.workloads[n].max_concurrency)
                 }
                 or None,
                 progress=progress,
@@ -183,7 +219,8 @@ def run_experiment(
                     await watch
         return summary
 
-    status, reason = "completed", None
+    status, reason, fatal = "completed", None, None
+    log_tail: dict[str, str] | None = None
     if sampler:
         sampler.start()
     if scraper:
@@ -200,15 +237,21 @@ def run_experiment(
         dead = residents.dead()
         if dead:
             raise TenantDied(dead)
+        hung = residents.unresponsive(HEALTH_TIMEOUT_S)
+        if hung:  # its requests timed out (rows with status timeout); restart it
+            raise TenantHung(hung)
     except TenantDied as e:
         status, reason = "failed", str(e)
-        manifest.update(log_tail=residents.log_tails(list(e.dead)))
+        log_tail = residents.log_tails(list(e.dead))
     except KeyboardInterrupt:
         status, reason = "interrupted", "interrupted by the user (SIGINT/SIGTERM)"
         raise
     except Exception as e:  # a broken experiment fails alone; the campaign goes on
         status, reason = "failed", f"{type(e).__name__}: {e}"
-        (exp_dir / "error.txt").write_text(traceback.format_exc())
+        if disk_full(e):
+            fatal = reason = f"disk full: {e}"
+        with contextlib.suppress(OSError):
+            atomic_write_text(exp_dir / "error.txt", traceback.format_exc())
     finally:
         if scraper:
             with contextlib.suppress(Exception):
@@ -218,10 +261,30 @@ def run_experiment(
             with contextlib.suppress(Exception):
                 sampler.stop()
                 sampler.write(exp_dir / "telemetry.parquet")
-        df = compact_jsonl(jsonl, exp_dir / "requests.parquet")
+        try:
+            df = compact_jsonl(jsonl, exp_dir / "requests.parquet")
+        except OSError as e:  # written whole or not at all: nothing half-written is left
+            df = _rows(jsonl)
+            why = f"requests.parquet not written: {e}"
+            if disk_full(e):
+                fatal = fatal or f"disk full: {e}"
+            reason = f"{reason}; {why}" if reason else why
+            if status == "completed":
+                status = "failed"
         counts = (
             df.group_by("tenant").agg(pl.len().alias("n")).to_dicts() if df.height else []
         )
-        manifest.finish(status, reason, counts={c["tenant"]: c["n"] for c in counts})
+        extra = {"log_tail": log_tail} if log_tail is not None else {}
+        manifest.finish(status, reason, counts={c["tenant"]: c["n"] for c in counts}, **extra)
     errors = int(df.filter(pl.col("status") != "ok").height) if df.height else 0
-    return ExperimentOutcome(exp, status, reason, df.height, errors)
+    return ExperimentOutcome(exp, status, reason, df.height, errors, fatal=fatal)
+
+
+def _rows(jsonl: Path) -> pl.DataFrame:
+    from workloads.fileio import read_jsonl_rows
+    from workloads.records import empty_requests_frame, rows_to_frame
+
+    try:
+        return rows_to_frame(read_jsonl_rows(jsonl))
+    except OSError:
+        return empty_requests_frame()

@@ -228,7 +228,9 @@ def tenant_need(
 
 
 def _round_share(x: float) -> float:
-    return round(math.ceil(x / SHARE_STEP - 1e-9) * SHARE_STEP, 4)
+    # at least one step: a tenant whose model cannot be sized (an encoder folder without a
+    # config.json) still gets a share its server accepts, not 0
+    return max(SHARE_STEP, round(math.ceil(x / SHARE_STEP - 1e-9) * SHARE_STEP, 4))
 
 
 def plan_memory(
@@ -293,7 +295,7 @@ def _overcommit_message(needs: list[TenantNeed], total: int, reserve: int, backe
         f"(reserve {reserve / GiB:.2f} GiB):",
         f"  {'tenant':<20} {'kind':<8} {'needs GiB':>10} {'pinned GiB':>11} {'outside GiB':>12}",
     ]
-    tot = reserve
+    tot: float = reserve
     for n in needs:
         pin = n.pinned_share * total if n.pinned_share is not None else None
         need = max(n.min_bytes, pin or 0)

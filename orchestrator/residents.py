@@ -92,6 +92,29 @@ class ResidentSet:
                 out[name] = f"tenant {name} exited (return code {r.process.returncode})"
         return out
 
+    def unresponsive(self, timeout_s: float = 5.0) -> dict[str, str]:
+        """Tenants alive but not answering ``GET /health`` within ``timeout_s`` (stopped,
+        deadlocked, swamped): name -> reason, with the process's state."""
+        import httpx
+
+        out: dict[str, str] = {}
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+            for name, r in self.running.items():
+                if not r.process.alive():
+                    continue  # dead() reports it
+                try:
+                    resp = client.get(r.process.health_url, headers=r.headers())
+                    if resp.status_code == 200:
+                        continue
+                    why = f"HTTP {resp.status_code}"
+                except httpx.HTTPError as e:
+                    why = type(e).__name__
+                out[name] = (
+                    f"tenant {name} is hung: no answer from {r.process.health_url} within "
+                    f"{timeout_s:g} s ({why}); process {r.process.pid} {_state(r.process.pid)}"
+                )
+        return out
+
     def log_tails(self, names: list[str] | None = None, lines: int = 30) -> dict[str, str]:
         return {
             n: tail(Path(r.process.log_path), lines)
@@ -147,3 +170,17 @@ class ResidentSet:
                 "log": str(r.process.log_path) if r else None,
             }
         return out
+
+
+_STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible sleep (I/O)",
+           "T": "stopped (SIGSTOP?)", "t": "stopped by a debugger", "Z": "a zombie"}
+
+
+def _state(pid: int | None) -> str:
+    """What /proc says of the process: running, sleeping, stopped (SIGSTOP?), ..."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            code = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "state unknown"
+    return _STATES.get(code, f"state {code}")

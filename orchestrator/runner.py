@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,13 @@ from rich.console import Console
 from orchestrator.campaign import CampaignPlan, Experiment, plan_campaign
 from orchestrator.envelope import host_info, utc_now, versions
 from orchestrator.errors import CampaignError
-from orchestrator.experiment import ExperimentOutcome, TenantDied, run_experiment
+from orchestrator.experiment import (
+    ExperimentOutcome,
+    SetupFailed,
+    TenantDied,
+    disk_full,
+    run_experiment,
+)
 from orchestrator.planner import GiB, MemoryPlan, plan_memory, tenant_need
 from orchestrator.residents import ResidentSet
 from orchestrator.results import Manifest, experiment_status, read_campaign, write_campaign
@@ -132,6 +139,10 @@ def run_campaign(
         "plan": mem.to_dict(),
         "experiments": [e.id for e in plan.experiments],
         "executor": executor,
+        "gpus": gpus,
+        "address": address,
+        "retries": retries,
+        "command": sys.argv[:],
         "started_at": prior.get("started_at") or utc_now(),
         "resumed_at": utc_now() if prior else None,
         "ended_at": None,
@@ -144,10 +155,19 @@ def run_campaign(
         with _sigterm_as_interrupt():
             _run_groups(spec, base, plan, mem, gpu, run_dir, resume, console, result, ex)
         status = "completed"
+    except Exception:  # the campaign cannot go on (a full disk): not an interruption
+        status = "failed"
+        raise
     finally:
         result.wall_s = time.monotonic() - t0
         campaign_data.update(ended_at=utc_now(), status=status, wall_s=result.wall_s)
-        write_campaign(run_dir, campaign_data)
+        try:
+            write_campaign(run_dir, campaign_data)
+        except OSError as e:
+            if status == "completed":
+                raise
+            # keep the error that stopped the campaign (this one is often the same full disk)
+            console.print(f"[red]could not record the campaign's end in campaign.json:[/] {e}")
     if report:
         try:
             from reports import build_report
@@ -177,9 +197,15 @@ def run_group(
     *,
     log: Any = None,
     on_done: Any = None,
+    progress: Any = None,
 ) -> list[ExperimentOutcome]:
     """Start one resident set, run its pending experiments, stop it. Never raises for a
-    tenant that fails to start or dies: those become failed experiments."""
+    tenant that fails to start, dies or hangs, nor for a workload that cannot be built: those
+    become failed experiments; raises CampaignError when one says the campaign cannot go on
+    (a full disk), after stopping the servers. ``progress``, if
+    given, is called ``progress(label, experiment_id, snapshot)`` about twice a second while
+    an experiment replays (a `workloads.progress.ProgressSnapshot`), and with ``None`` when it
+    ends."""
     spec, run_dir = ctx.spec, ctx.run_dir
     log = log or (lambda m: None)
     on_done = on_done or (lambda out: None)
@@ -196,14 +222,20 @@ def run_group(
         try:
             try:
                 residents.start()
-            except ServerError as e:
+            except Exception as e:  # ServerError quotes the log; anything else: its type too
+                why = str(e) if isinstance(e, ServerError) else f"{type(e).__name__}: {e}"
                 for exp in pending:
-                    done(_fail_unstarted(ctx, exp, f"resident set did not start: {e}"))
+                    done(_fail_unstarted(ctx, exp, f"resident set did not start: {why}"))
                 return outcomes
             for i, exp in enumerate(pending):
-                out = _one(ctx, exp, residents)
+                out = _one(ctx, exp, residents, progress)
                 done(out)
-                if out.status != "failed" or i == len(pending) - 1:
+                if out.fatal:  # e.g. a full disk: every experiment after would fail too
+                    raise CampaignError(
+                        f"campaign stopped after {exp.id}: {out.fatal}. Experiments completed "
+                        "so far are kept; make room, then run again with --resume"
+                    )
+                if out.status != "failed" or not out.restart or i == len(pending) - 1:
                     continue
                 try:
                     log("restarting the resident set after a failure")
@@ -230,7 +262,7 @@ def _run_groups(
     result: CampaignResult,
     ex: Any,  # orchestrator.executors.Executor
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from orchestrator.executors import GroupJob
 
@@ -242,7 +274,7 @@ def _run_groups(
     result.skipped = total - sum(len(t) for t in todo)
     if result.skipped:
         console.print(f"resume: {result.skipped} of {total} experiments already completed, skipped")
-    progress = Progress(
+    progress = _campaign_display()(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=False,
     )
@@ -258,7 +290,38 @@ def _run_groups(
 
         jobs = [GroupJob(f"g{i}", pending) for i, pending in enumerate(todo) if pending]
         ctx = GroupContext(spec, base, mem, gpu, run_dir, ex.name, "")
-        ex.run(ctx, jobs, log=progress.console.log, on_done=on_done)
+        ex.run(ctx, jobs, log=progress.console.log, on_done=on_done, progress=progress.feed)
+
+
+def _campaign_display() -> Any:
+    """rich's Progress (the campaign bar) plus, under it, what each running group is doing:
+    its experiment, and per active tenant the completion rate, errors and p50 TTFT."""
+    from rich.progress import Progress
+    from rich.text import Text
+
+    from workloads.progress import tenant_line
+
+    class CampaignDisplay(Progress):
+        def __init__(self, *columns: Any, **kw: Any) -> None:
+            self.running: dict[str, tuple[str, Any]] = {}  # group label -> (experiment, snapshot)
+            super().__init__(*columns, **kw)  # (renders once already)
+
+        def feed(self, label: str, experiment_id: str, snap: Any) -> None:
+            if snap is None:
+                self.running.pop(label, None)
+            else:
+                self.running[label] = (experiment_id, snap)
+
+        def get_renderables(self) -> Any:
+            yield self.make_tasks_table(self.tasks)
+            for _, (eid, s) in sorted(list(self.running.items())):
+                yield Text.from_markup(
+                    f"  [bold]{eid}[/] {s.elapsed_s:5.0f} s  sent {s.sent}/{s.total}  "
+                    f"in flight {s.in_flight}  errors {s.errors}")
+                for t in s.tenants:
+                    yield Text.from_markup("    " + tenant_line(t))
+
+    return CampaignDisplay
 
 
 def _manifest(ctx: GroupContext, exp: Experiment) -> Manifest:
@@ -280,14 +343,62 @@ def _manifest(ctx: GroupContext, exp: Experiment) -> Manifest:
     )
 
 
-def _one(ctx: GroupContext, exp: Experiment, residents: ResidentSet) -> ExperimentOutcome:
+class _Feed:
+    """The replayer's progress calls (start/update/stop) as ``feed(label, id, snapshot)``."""
+
+    def __init__(self, feed: Any, label: str, experiment_id: str) -> None:
+        self.feed, self.label, self.eid = feed, label, experiment_id
+
+    def start(self, total: int) -> None:
+        pass
+
+    def update(self, snap: Any) -> None:
+        self.feed(self.label, self.eid, snap)
+
+    def stop(self) -> None:
+        self.feed(self.label, self.eid, None)
+
+
+def _one(ctx: GroupContext, exp: Experiment, residents: ResidentSet,
+         progress: Any = None) -> ExperimentOutcome:
     m = _manifest(ctx, exp)
-    m.start()
+    feed = _Feed(progress, ctx.label, exp.id) if progress else None
     try:
-        return run_experiment(ctx.spec, ctx.base, exp, residents, ctx.run_dir, m)
-    except TenantDied as e:  # died before the experiment began
+        m.start()
+        return run_experiment(ctx.spec, ctx.base, exp, residents, ctx.run_dir, m, progress=feed)
+    except TenantDied as e:  # died (or hung) before the experiment began
         m.finish("failed", str(e), log_tail=residents.log_tails(list(e.dead)))
         return ExperimentOutcome(exp, "failed", str(e), 0, 0)
+    except SetupFailed as e:  # e.g. its trace file is gone: nothing was sent
+        m.finish("failed", str(e))
+        return ExperimentOutcome(exp, "failed", str(e), 0, 0, restart=False)
+    except KeyboardInterrupt:
+        _mark_interrupted(m)
+        raise
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        reason = f"disk full: {e}"
+        with contextlib.suppress(OSError):
+            m.finish("failed", reason)
+        return ExperimentOutcome(exp, "failed", reason, 0, 0, fatal=reason)
+
+
+def _mark_interrupted(m: Manifest) -> None:
+    """Ctrl-C (or SIGTERM) wherever it came in the experiment, even in the middle of writing
+    its results: a manifest left at running says interrupted, and what was measured is
+    compacted into requests.parquet if that was not written yet."""
+    from workloads.records import compact_jsonl
+
+    exp_dir = m.path.parent
+    if experiment_status(exp_dir) not in ("running", None):
+        return  # it finished (completed, failed) before the interrupt
+    with contextlib.suppress(Exception):
+        jsonl = exp_dir / "requests.jsonl"
+        if jsonl.exists() and not (exp_dir / "requests.parquet").exists():
+            compact_jsonl(jsonl, exp_dir / "requests.parquet")
+    with contextlib.suppress(OSError):
+        m.finish("interrupted", "interrupted by the user (SIGINT/SIGTERM)")
 
 
 def _fail_unstarted(ctx: GroupContext, exp: Experiment, reason: str) -> ExperimentOutcome:

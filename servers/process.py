@@ -7,6 +7,13 @@ with SIGTERM then SIGKILL to the whole group. Every started process is in a modu
 registry; ``stop_all()`` stops them all and runs at interpreter exit and, once
 ``install_signal_handlers()`` was called, on SIGTERM/SIGHUP, so Ctrl-C or a kill of the
 conductor leaves no orphans.
+
+A process group id is a pid, and pids are recycled (``pid_max`` is 32768 on many hosts and
+every thread takes one): once the leader is reaped and its group is empty, the same number
+can name a stranger's group. So the group is signalled with ``killpg`` only while the leader
+is not reaped (a zombie still holds the number); after that, only the processes that were
+in the group when the leader was reaped, each checked by its start time and signalled
+through a pidfd, so a recycled number is never signalled.
 """
 
 from __future__ import annotations
@@ -113,6 +120,10 @@ class ServerProcess:
         self.started_at: float | None = None  # monotonic
         self.healthy_at: float | None = None  # monotonic
         self._term_sent_at: float | None = None  # monotonic time of the first SIGTERM
+        self.start_ticks: int | None = None  # the leader's start time (/proc, clock ticks)
+        # once the leader is reaped: the group's members then, pid -> start time; the only
+        # processes this object signals from then on (the group id may be recycled)
+        self._left: dict[int, int] | None = None
 
     # ---- state -------------------------------------------------------------------------
 
@@ -127,12 +138,40 @@ class ServerProcess:
 
     @property
     def returncode(self) -> int | None:
-        if self._proc is None:
-            return None
-        return self._proc.poll()
+        return self._poll()
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._proc is not None and self._poll() is None
+
+    def _poll(self) -> int | None:
+        """``Popen.poll`` (which reaps the leader), noting the group's members the first
+        time it finds the leader gone."""
+        if self._proc is None:
+            return None
+        rc = self._proc.poll()
+        if rc is not None and self._left is None:
+            self._left = {
+                pid: st for pid in group_members(self._proc.pid)
+                if (st := proc_start_ticks(pid)) is not None
+            }
+        return rc
+
+    def members(self) -> list[int]:
+        """This server's live processes: the group while the leader is not reaped; after,
+        those of the group's members at that time that still run (same pid, same start)."""
+        if self._proc is None:
+            return []
+        if self._poll() is None:
+            return group_members(self._proc.pid)
+        return [pid for pid, st in (self._left or {}).items() if _same_process(pid, st)]
+
+    def group_alive(self) -> bool:
+        """Whether any process of this server still runs (never looks at a recycled group)."""
+        if self._proc is None:
+            return False
+        if self._poll() is None:
+            return True
+        return bool(self.members())
 
     def log_tail(self, n: int = LOG_TAIL_LINES) -> str:
         """The last ``n`` lines this start wrote to the log."""
@@ -175,6 +214,7 @@ class ServerProcess:
             self._log = None
             raise ServerStartError(f"tenant {self.name}: cannot run {self.argv[0]}: {e}") from e
         self.started_at = time.monotonic()
+        self.start_ticks = proc_start_ticks(self._proc.pid)
         _register(self)
         return self
 
@@ -199,7 +239,7 @@ class ServerProcess:
         last_err = "no answer yet"
         with httpx.Client(timeout=httpx.Timeout(5.0, connect=1.0), trust_env=False) as client:
             while True:
-                rc = self._proc.poll()
+                rc = self._poll()
                 if rc is not None:
                     self._raise_exited(rc)
                 try:
@@ -240,7 +280,7 @@ class ServerProcess:
         """Raise ServerDiedError (with the log tail) if the process is gone."""
         if self._proc is None:
             raise RuntimeError(f"{self.name}: not started")
-        rc = self._proc.poll()
+        rc = self._poll()
         if rc is not None:
             how = f"signal {-rc}" if rc < 0 else f"code {rc}"
             raise ServerDiedError(
@@ -249,11 +289,16 @@ class ServerProcess:
             )
 
     def send_signal(self, sig: int) -> None:
-        """Signal the whole process group."""
+        """Signal the whole process group (while the leader is not reaped), else each process
+        left of it (see the module's note on recycled group ids)."""
         if self._proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+        if self._poll() is None:  # not reaped: the group id is still this server's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, sig)
+            return
+        for pid, st in (self._left or {}).items():
+            signal_process(pid, st, sig)
 
     def stop(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM the group, wait ``grace_s``, then SIGKILL it; reap; return the exit code.
@@ -264,24 +309,33 @@ class ServerProcess:
         if self._proc is None:
             return None
         proc = self._proc
-        if _group_alive(proc.pid):
+        if self.group_alive():
             if self._term_sent_at is None:
                 self._term_sent_at = time.monotonic()
                 self.send_signal(signal.SIGTERM)
+                self.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) server acts on it now
             # the grace counts from the first SIGTERM: an interrupted stop() resumes
             deadline = self._term_sent_at + grace_s
             while time.monotonic() < deadline:
-                if proc.poll() is not None and not _group_alive(proc.pid):
+                if not self.group_alive():
                     break
                 time.sleep(0.05)
-            if _group_alive(proc.pid):
+            if self.group_alive():
                 self.send_signal(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5.0)
-        _wait_group_gone(proc.pid, 5.0)
+        self._wait_gone(5.0)
         self._close_log()
         _unregister(self)
-        return proc.poll()
+        return self._poll()
+
+    def _wait_gone(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.group_alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -305,17 +359,54 @@ class ServerProcess:
 # ---- process groups ----------------------------------------------------------------------
 
 
-def _group_alive(pgid: int) -> bool:
+def proc_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22):
+    with the pid, it names one process, whereas a pid alone may be recycled. None when there
+    is no such process (or no /proc)."""
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _same_process(pid: int, start_ticks: int) -> bool:
+    """``pid`` still runs (not a zombie) and is the process that started at ``start_ticks``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0] not in ("Z", "X") and int(fields[19]) == start_ticks
+    except (OSError, IndexError, ValueError):
         return False
-    except PermissionError:
+
+
+def signal_process(pid: int, start_ticks: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` only if it is the process that started at ``start_ticks``;
+    through a pidfd (opened, then checked), so the pid cannot be recycled in between.
+    Returns whether the signal was sent."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    send = getattr(signal, "pidfd_send_signal", None)
+    if pidfd_open is None or send is None:
+        if not _same_process(pid, start_ticks):
+            return False
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
         return True
-    # killpg(0) succeeds while any member exists, zombies included: look for a live one
-    if not os.path.isdir("/proc"):
+    try:
+        fd = pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if not _same_process(pid, start_ticks):
+            return False
+        send(fd, sig)
         return True
-    return bool(group_members(pgid))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def group_members(pgid: int, *, zombies: bool = False) -> list[int]:
@@ -337,15 +428,6 @@ def group_members(pgid: int, *, zombies: bool = False) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return out
-
-
-def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _group_alive(pgid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # ---- registry and clean-up ---------------------------------------------------------------
@@ -377,13 +459,12 @@ def stop_all(grace_s: float = 5.0) -> None:
         if p._term_sent_at is None:
             p._term_sent_at = now
         p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) server acts on it now
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(
-        p.pid is not None and _group_alive(p.pid) for p in procs
-    ):
+    while time.monotonic() < deadline and any(p.group_alive() for p in procs):
         time.sleep(0.05)
     for p in procs:
-        if p.pid is not None and _group_alive(p.pid):
+        if p.group_alive():
             p.send_signal(signal.SIGKILL)
     for p in procs:
         p.stop(grace_s=0)  # reaps, closes the log, unregisters

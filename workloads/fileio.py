@@ -7,8 +7,10 @@ temporary name in the same folder, fsync, then rename over the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,22 +18,60 @@ from typing import Any, TextIO
 
 import polars as pl
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _file_mode() -> int:
+    """What ``open()`` would give a new file (0o666 less the umask): mkstemp's temporary
+    files are 0o600, and a result file should not be private because of how it was written."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+_MODE = _file_mode()
+
+
+def _named(e: BaseException, path: Path) -> BaseException:
+    """An OSError that names ``path`` for an error writing it (a full disk says which file),
+    also where the writer (Polars) wrapped the system's error in its own; else ``e``."""
+    if isinstance(e, OSError):
+        if e.filename is None and e.errno is not None:
+            return OSError(e.errno, e.strerror or str(e), str(path))
+        return e
+    m = _OS_ERROR.search(str(e)) if isinstance(e, Exception) else None
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code) if code in errno.errorcode else str(e), str(path))
+    return e
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
+    An error (a full disk: ENOSPC) leaves ``path`` as it was and no temporary file; it is
+    raised as an OSError naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _MODE)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        named = _named(e, path)
+        if named is e:
+            raise
+        raise named from e
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -43,7 +83,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_write_parquet(path: str | Path, df: pl.DataFrame) -> None:
-    """Write a Polars frame as Parquet atomically."""
+    """Write a Polars frame as Parquet atomically (errors as in ``atomic_write_bytes``:
+    Polars' own "IO error ... (os error 28)" becomes an OSError naming ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -51,12 +92,16 @@ def atomic_write_parquet(path: str | Path, df: pl.DataFrame) -> None:
     try:
         df.write_parquet(tmp, compression="zstd")
         with open(tmp, "rb") as f:
+            os.fchmod(f.fileno(), _MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        named = _named(e, path)
+        if named is e:
+            raise
+        raise named from e
 
 
 def read_json(path: str | Path) -> Any:
@@ -65,28 +110,49 @@ def read_json(path: str | Path) -> Any:
 
 
 class JsonlAppender:
-    """Appends one JSON object a line and flushes each line, so a crash loses nothing written."""
+    """Appends one JSON object a line and flushes each line, so a crash loses nothing written.
+
+    A write that fails (a full disk) is remembered, not raised: rows are written from many
+    tasks at once, and an error raised in one of them would die with it. Later rows are not
+    written (the file may end in a torn line, which ``read_jsonl_rows`` skips); ``close()``
+    raises the error, naming the file, and ``error`` holds it meanwhile.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f: TextIO | None = open(self.path, "a", buffering=1)  # noqa: SIM115
+        self.error: OSError | None = None
 
     def write(self, row: Mapping[str, Any]) -> None:
         if self._f is None:
             raise ValueError(f"{self.path} is closed")
-        self._f.write(json.dumps(row, default=str) + "\n")
+        if self.error is not None:
+            return
+        try:
+            self._f.write(json.dumps(row, default=str) + "\n")
+        except OSError as e:
+            self.error = OSError(e.errno, e.strerror or str(e), str(self.path))
 
     def write_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for row in rows:
             self.write(row)
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            self._f = None
+        """Flush, fsync and close; raise the first write error (once, on the first close)."""
+        if self._f is None:
+            return
+        f, self._f = self._f, None
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            self.error = self.error or OSError(e.errno, e.strerror or str(e), str(self.path))
+        finally:
+            with contextlib.suppress(OSError):  # what is still buffered is lost with the disk
+                f.close()
+        if self.error is not None:
+            raise self.error
 
     def __enter__(self) -> JsonlAppender:
         return self

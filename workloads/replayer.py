@@ -31,7 +31,9 @@ import gc
 import json
 import math
 import signal
+import statistics
 import time
+from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +46,7 @@ import polars as pl
 from workloads.clock import ExperimentClock
 from workloads.errors import ReplayError
 from workloads.fileio import JsonlAppender
-from workloads.progress import Progress, ProgressSnapshot, QuietProgress
+from workloads.progress import Progress, ProgressSnapshot, QuietProgress, TenantSnapshot
 from workloads.prompts import PromptSource
 from workloads.spec import PrefixSpec
 from workloads.sse import OpenAIStream
@@ -139,6 +141,26 @@ class _TargetState:
         self.kind = _ROW_KIND[target.api]
         self.chat = target.api == "chat"
         self.stream = target.api != "embeddings"
+        # live figures for the progress display (cheap: appends; read twice a second)
+        self.sent = self.done = self.errors = 0
+        self.recent_done_ns: deque[int] = deque(maxlen=4096)
+        self.recent_latency_ns: deque[int] = deque(maxlen=256)
+
+    def snapshot(self, now_ns: int, horizon_ns: int = 5_000_000_000) -> TenantSnapshot:
+        recent = self.recent_done_ns
+        while recent and now_ns - recent[0] > horizon_ns:
+            recent.popleft()
+        span = min(horizon_ns, now_ns - recent[0]) if recent else horizon_ns
+        lat = self.recent_latency_ns
+        return TenantSnapshot(
+            tenant=self.target.tenant,
+            kind=self.kind,
+            sent=self.sent,
+            done=self.done,
+            errors=self.errors,
+            rate_rps=len(recent) / max(span / 1e9, 1.0),
+            p50_s=statistics.median(lat) / 1e9 if lat else None,
+        )
 
 
 class _Req:
@@ -435,6 +457,7 @@ class _Replay:
         if lag > self.max_lag_ns:
             self.max_lag_ns = lag
         self.sent += 1
+        ts.sent += 1
         status = 0
         tok = _Tokens(ts.chat) if ts.stream else None
         try:
@@ -536,11 +559,18 @@ class _Replay:
         self.counts[r.target.target.tenant][status] += 1
         if status != "dropped":
             self.finished += 1
+            ts = r.target
+            ts.done += 1
+            ts.recent_done_ns.append(done)
             if status != "ok":
                 self.failed += 1
+                ts.errors += 1
+            elif sent:
+                ts.recent_latency_ns.append((first or done) - sent)
 
     def snapshot(self, t0_ns: int) -> ProgressSnapshot:
         lag, self.max_lag_ns = self.max_lag_ns, 0
+        now = time.perf_counter_ns()
         return ProgressSnapshot(
             elapsed_s=(time.perf_counter_ns() - t0_ns) / 1e9,
             total=len(self.reqs),
@@ -549,6 +579,7 @@ class _Replay:
             errors=self.failed,
             in_flight=len(self.in_flight),
             dispatch_lag_s=max(lag, 0) / 1e9,
+            tenants=tuple(ts.snapshot(now) for ts in self.targets.values()),
         )
 
     async def aclose(self) -> None:
@@ -650,13 +681,15 @@ async def replay(
             progress.update(state.snapshot(t0_wall))
             progress.stop()
     finally:
-        if state is not None:
-            await state.aclose()
-        out.close()
         if gc_froze:
             gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
+        try:
+            if state is not None:
+                await state.aclose()
+        finally:
+            out.close()  # raises a row that could not be written (a full disk), naming the file
     return _summary(state, experiment_id, Path(out_jsonl), t0_wall, stopped)
 
 

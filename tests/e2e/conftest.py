@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from servers.launch import RunningTenant, launch_tenant, wait_tenant
-from servers.process import group_members, stop_all
+from servers.process import stop_all
 from servers.spec import EncoderTenant, VllmTenant
 
 Tenant = VllmTenant | EncoderTenant
@@ -114,6 +114,11 @@ class TenantPool:
         todo = [n for n in names if n not in self.running or not self.running[n].alive()]
         launched: dict[str, RunningTenant] = {}
         for n in todo:
+            dead = self.running.pop(n, None)
+            if dead is not None:
+                # reap it and take it off the registry now: a dead server left registered would
+                # be signalled by a later stop_all(), by then maybe under a recycled group id
+                dead.stop()
             spec, share = self.specs[n]
             launched[n] = launch_tenant(
                 spec,
@@ -140,9 +145,8 @@ class TenantPool:
         r = self.running.pop(name, None)
         if r is None:
             return
-        pgid = r.process.pgid
         r.stop()
-        left = group_members(pgid) if pgid is not None else []
+        left = r.process.members()  # its own processes only, never a recycled group id
         if left:
             raise AssertionError(f"tenant {name}: processes {left} of its group outlived stop()")
 

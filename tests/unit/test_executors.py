@@ -57,9 +57,10 @@ def _ctx(tmp_path: Path, n: int) -> tuple[GroupContext, list[GroupJob]]:
     return ctx, jobs
 
 
-def stand_in_group(ctx, pending, *, log, on_done):
-    """Runs in the worker process: records where it ran, 'runs' each experiment for 0.4 s.
-    A resident set named e1 dies (exit code 3) the first time it runs."""
+def stand_in_group(ctx, pending, *, log, on_done, progress=None):
+    """Runs in the worker process: records where it ran, 'runs' each experiment for 0.4 s
+    (feeding one progress snapshot). A resident set named e1 dies (exit code 3) the first
+    time it runs."""
     rec = {"label": ctx.label, "slot": os.environ.get("CUDA_VISIBLE_DEVICES"),
            "order": os.environ.get("CUDA_DEVICE_ORDER"), "pid": os.getpid(),
            "gpu": ctx.gpu, "start": time.time()}
@@ -69,11 +70,49 @@ def stand_in_group(ctx, pending, *, log, on_done):
         log("dying on purpose")
         os._exit(3)
     for exp in pending:
+        if progress:
+            progress(ctx.label, exp.id, _snapshot(exp.active[0]))
         time.sleep(0.4)
+        if progress:
+            progress(ctx.label, exp.id, None)
         on_done(ExperimentOutcome(exp, "completed", None, 1, 0))
     rec["end"] = time.time()
     with open(ctx.run_dir / "slots.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
+
+
+def _snapshot(tenant: str):
+    from workloads.progress import ProgressSnapshot, TenantSnapshot
+
+    t = TenantSnapshot(tenant, "completion", sent=5, done=4, errors=1, rate_rps=2.5, p50_s=0.0123)
+    return ProgressSnapshot(1.0, 10, 5, 4, 1, 1, 0.0, (t,))
+
+
+def test_live_progress_crosses_from_workers_and_renders(tmp_path):
+    from rich.console import Console
+    from rich.progress import TextColumn
+
+    from orchestrator.runner import _campaign_display
+
+    ctx, jobs = _ctx(tmp_path, 2)
+    display = _campaign_display()(TextColumn("{task.description}"),
+                                  console=Console(record=True, width=120))
+    seen = []
+
+    def feed(label, eid, snap):
+        seen.append((label, eid, snap))
+        display.feed(label, eid, snap)
+        if snap is not None:
+            display.console.print(*display.get_renderables())
+
+    LocalParallelExecutor(["0", "1"], group_fn=stand_in_group).run(
+        ctx, jobs, log=lambda m: None, on_done=lambda o: None, progress=feed)
+    live = [s for s in seen if s[2] is not None]
+    assert {label for label, _, _ in live} == {"g0", "g1"}
+    assert live[0][2].tenants[0].p50_s == pytest.approx(0.0123)  # pickled across the pipe
+    text = display.console.export_text()
+    assert "TTFT p50 12.3 ms" in text and "2.5 req/s" in text and "errors 1" in text
+    assert display.running == {}  # every experiment's end cleared its lines
 
 
 def _records(ctx: GroupContext) -> list[dict]:
@@ -248,3 +287,36 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_orphan_guard_never_signals_a_recycled_group(monkeypatch):
+    """The guard is told each server's group id with its leader's start time; a group whose
+    leader now started at another time is a stranger that got the recycled number (pids are
+    recycled, pid_max is often 32768): the guard leaves it alone and kills only its own."""
+    import servers.process
+    from orchestrator.executors import OrphanGuard
+    from servers.process import proc_start_ticks
+
+    monkeypatch.setattr(servers.process, "running_servers", lambda: [])
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    stranger = subprocess.Popen(sleep, start_new_session=True)
+    ours = subprocess.Popen(sleep, start_new_session=True)
+    try:
+        g = OrphanGuard().start()
+        st, st_ours = proc_start_ticks(stranger.pid), proc_start_ticks(ours.pid)
+        assert st is not None and st_ours is not None
+        g._send(f"+{stranger.pid}:{st - 1}")  # a server that had this number before
+        g._send(f"+{ours.pid}:{st_ours}")
+        g._stop.set()
+        assert g._proc is not None and g._proc.stdin is not None
+        g._proc.stdin.close()  # as if the worker had died: no goodbye
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and ours.poll() is None:
+            time.sleep(0.1)
+        assert ours.poll() == -signal.SIGTERM, "the guard did not stop its own group"
+        time.sleep(0.5)
+        assert stranger.poll() is None, "the guard signalled a recycled process group"
+    finally:
+        for p in (stranger, ours):
+            p.kill()
+            p.wait()

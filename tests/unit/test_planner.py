@@ -128,3 +128,12 @@ def test_fixed_kv_bytes_is_the_kv():
     plan = plan_memory([tenant_need(t, LLAMA_1B, "cuda")], total_bytes=80 * GiB, backend="cuda")
     assert plan.by_name("a").kv_bytes == 2 * GiB
     assert plan.by_name("a").kv_tokens == 2 * GiB // (32 * 1024)
+
+
+def test_an_encoder_without_a_config_still_gets_a_share():
+    """A folder the planner cannot size (no config.json: a broken model path) must not get a
+    share of 0, which the server refuses: the tenant then fails to start with its own error
+    (quoted from its log) instead of the campaign crashing on the share."""
+    t = EncoderTenant(name="enc", model="/models/not-a-model")
+    plan = plan_memory([tenant_need(t, None, "cpu")], total_bytes=24 * GiB, backend="cpu")
+    assert plan.share("enc") >= 0.01

@@ -14,7 +14,14 @@ import pytest
 
 from servers import process as sp
 from servers.errors import PortInUseError, ServerDiedError, ServerStartError
-from servers.process import ServerProcess, free_port, group_members, port_in_use
+from servers.process import (
+    ServerProcess,
+    free_port,
+    group_members,
+    port_in_use,
+    proc_start_ticks,
+    signal_process,
+)
 
 SERVER = textwrap.dedent(
     """
@@ -214,7 +221,10 @@ def test_free_port_is_free_and_unique() -> None:
     assert not any(port_in_use(p) for p in ports)
 
 
-def test_stop_all_stops_everything(script: Path, tmp_path: Path) -> None:
+def test_stop_all_stops_everything(script: Path, tmp_path: Path, monkeypatch) -> None:
+    # a registry of this test's own: in a full run the e2e session's tenants are registered
+    # in this interpreter too, and stop_all() would stop them (SIGTERM) under the later tests
+    monkeypatch.setattr(sp, "_registry", {})
     procs = [make(script, tmp_path, "--child", name=f"s{i}") for i in range(2)]
     for p in procs:
         p.start()
@@ -267,3 +277,86 @@ def test_sigterm_to_the_conductor_stops_servers(script: Path, tmp_path: Path) ->
         if c.poll() is None:
             c.kill()
             c.wait()
+
+
+def test_a_recycled_group_id_is_never_signalled(script: Path, tmp_path: Path, monkeypatch) -> None:
+    """Once the leader is reaped and its group is empty, the number may name a stranger's
+    group (pids are recycled; pid_max is often 32768 and threads take pids too): stop(),
+    send_signal() and stop_all() leave that group alone."""
+    import subprocess
+
+    monkeypatch.setattr(sp, "_registry", {})
+    p = make(script, tmp_path, "--child", name="gone")
+    p.start()
+    p.wait_healthy(timeout_s=20)
+    assert p.pid is not None and p.start_ticks == proc_start_ticks(p.pid)
+    os.killpg(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (p.alive() or p.members()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not p.alive() and p.members() == []
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                start_new_session=True)
+    try:
+        assert p._proc is not None
+        p._proc.pid = stranger.pid  # as if the kernel had given the old number to the stranger
+        assert group_members(stranger.pid) == [stranger.pid]  # a live group under "our" id
+        assert not p.group_alive()
+        p.send_signal(signal.SIGTERM)
+        sp.stop_all(grace_s=0.5)
+        p.stop(grace_s=0.5)
+        time.sleep(0.3)
+        assert stranger.poll() is None, "a recycled process group was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_orphans_of_a_reaped_leader_are_still_stopped(script: Path, tmp_path: Path) -> None:
+    """The leader reaped, its child left in the group: stop() still finds and kills it (by
+    pid and start time, not by the group id)."""
+    p = make(script, tmp_path, "--child", name="leader")
+    p.start()
+    p.wait_healthy(timeout_s=20)
+    assert p.pid is not None
+    deadline = time.monotonic() + 10
+    while len(group_members(p.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = next(m for m in group_members(p.pid) if m != p.pid)
+    os.kill(p.pid, signal.SIGKILL)
+    while p.alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert p.members() == [child] and p.group_alive()
+    p.stop(grace_s=2)
+    assert not _pid_running(child)
+
+
+def test_signal_process_checks_the_start_time() -> None:
+    import subprocess
+
+    c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        st = proc_start_ticks(c.pid)
+        assert st is not None
+        assert not signal_process(c.pid, st - 1, signal.SIGTERM)  # another process, same pid
+        time.sleep(0.2)
+        assert c.poll() is None
+        assert signal_process(c.pid, st, signal.SIGTERM)
+        assert c.wait(timeout=10) == -signal.SIGTERM
+        assert not signal_process(c.pid, st, signal.SIGTERM)  # gone (a zombie, then reaped)
+    finally:
+        c.kill()
+        c.wait()
+
+
+def test_stop_continues_a_stopped_server(script: Path, tmp_path: Path) -> None:
+    """A server frozen with SIGSTOP (a hung tenant) stops at once on SIGTERM: stop() sends
+    SIGCONT after it instead of waiting out the grace for SIGKILL."""
+    p = make(script, tmp_path, name="frozen")
+    p.start()
+    p.wait_healthy(timeout_s=20)
+    assert p.pid is not None
+    os.killpg(p.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    rc = p.stop(grace_s=8)
+    assert rc == -signal.SIGTERM and time.monotonic() - t0 < 5

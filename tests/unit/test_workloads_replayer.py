@@ -231,3 +231,45 @@ def test_an_unsorted_frame_is_checked_and_sorted(
     assert rows.sort("request_id")["expected_output_tokens"].to_list() == [3, 4, 2]
     with pytest.raises(TraceFormatError):
         _run(frame.with_columns(pl.lit(-1).alias("output_tokens")), [_target(stub, tok)], tmp_path)
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.snaps: list[Any] = []
+
+    def start(self, total: int) -> None:
+        pass
+
+    def update(self, snap: Any) -> None:
+        self.snaps.append(snap)
+
+    def stop(self) -> None:
+        pass
+
+
+def test_progress_has_live_figures_per_tenant(stub: StubServer, tok: Path, tmp_path: Path) -> None:
+    n = 40
+    comp = make_trace(np.arange(n) * 0.025, input_tokens=[16] * n, output_tokens=[3] * n,
+                      tenant="c")
+    emb = make_trace(np.arange(n) * 0.025, input_tokens=[16] * n, output_tokens=[0] * n,
+                     tenant="e", kind="embedding", batch_size=[2] * n)
+    targets = {"c": Target("c", stub.base_url, "completions", "stub", tok),
+               "e": Target("e", stub.base_url, "embeddings", "stub", None)}
+    got = _Collect()
+    s, rows = _run(pl.concat([comp, emb]).sort("arrival_s"), targets, tmp_path, progress=got)
+    last = got.snaps[-1]
+    by = {t.tenant: t for t in last.tenants}
+    assert set(by) == {"c", "e"} and by["c"].kind == "completion" and by["e"].kind == "embedding"
+    # the final snapshot's counts are the rows'
+    for name in ("c", "e"):
+        r = rows.filter(pl.col("tenant") == name)
+        assert by[name].sent == r.height == by[name].done
+        assert by[name].errors == r.filter(pl.col("status") != "ok").height
+    # p50 TTFT of the completions is the stub's TTFT (plus transport); embeddings much faster
+    assert TTFT <= by["c"].p50_s < TTFT + 0.05
+    assert by["e"].p50_s < TTFT
+    # the rate is completions a second over the last seconds: 40 requests in ~1 s, a 1 s floor
+    assert 20 <= by["c"].rate_rps <= 45
+    from workloads.progress import tenant_line
+
+    assert "TTFT p50" in tenant_line(by["c"]) and "latency p50" in tenant_line(by["e"])
