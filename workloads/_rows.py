@@ -204,8 +204,11 @@ def timestamp_ns(v: Any, column: str) -> int:
     return ns
 
 
-def _show(v: str, limit: int = 40) -> str:
-    return repr(v if len(v) <= limit else v[:limit] + "...")
+def _show(v: Any, limit: int = 40) -> str:
+    """A value for an error message: repr, cut at ``limit`` characters (any type: a JSON
+    record may hold a float or a list where text was expected)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ---- files ---------------------------------------------------------------------------------

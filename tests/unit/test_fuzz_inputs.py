@@ -39,7 +39,12 @@ TRACES = ROOT / "examples" / "traces"
 
 # COTENANT_FUZZ_EXAMPLES=5000 for a longer hunt; 200 keeps the file at a few seconds
 N = int(os.environ.get("COTENANT_FUZZ_EXAMPLES", "200"))
+# the suite draws the same examples every run (CI stays reproducible); a hunt with
+# COTENANT_FUZZ_EXAMPLES set draws fresh ones each time
+HUNT = "COTENANT_FUZZ_EXAMPLES" in os.environ
 FUZZ = settings(
+    derandomize=not HUNT,
+    database=None,
     max_examples=N,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

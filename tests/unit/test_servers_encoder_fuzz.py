@@ -32,7 +32,12 @@ NAME = "minilm"
 KEY = "s3cret-key"
 MiB = 1024 * 1024
 # per operation and generation mode; COTENANT_FUZZ_EXAMPLES=1000 for a longer hunt
+# the suite draws the same examples every run (CI stays reproducible); a hunt with
+# COTENANT_FUZZ_EXAMPLES set draws fresh ones each time
+HUNT = "COTENANT_FUZZ_EXAMPLES" in os.environ
 FUZZ = settings(
+    derandomize=not HUNT,
+    database=None,
     max_examples=int(os.environ.get("COTENANT_FUZZ_EXAMPLES", "50")),
     deadline=None,
     suppress_health_check=list(HealthCheck),

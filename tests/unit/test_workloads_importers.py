@@ -196,6 +196,16 @@ def test_bad_jsonl_and_json_rows(tmp_path: Path) -> None:
     assert import_trace(p, skip_bad_rows=True).bad_rows == 1
 
 
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "[1, 2]", '{"a": 1}'])
+def test_non_finite_or_nested_arrival_in_a_cotenant_record(tmp_path: Path, value: str) -> None:
+    # Python's json reads Infinity and NaN; the error message once crashed on them (len(float))
+    good = '{"arrival_s": 0.5, "tenant": "a", "kind": "completion", "input_tokens": 3, "output_tokens": 2}'
+    p = _write(tmp_path, "r.jsonl", good + "\n" + good.replace("0.5", value, 1) + "\n")
+    with pytest.raises(TraceFormatError) as e:
+        import_trace(p, "cotenant")
+    assert (e.value.line, e.value.column) == (2, "arrival_s")
+
+
 def test_not_utf8(tmp_path: Path) -> None:
     p = tmp_path / "b.csv"
     p.write_bytes(CONV.read_bytes() + b"2023-11-16 18:17:40.0,\xff\xfe,3\n")
