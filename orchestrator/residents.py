@@ -178,9 +178,9 @@ _STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible sleep (I/O)
 
 def _state(pid: int | None) -> str:
     """What /proc says of the process: running, sleeping, stopped (SIGSTOP?), ..."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            code = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+    from servers.process import proc_stat
+
+    fields = proc_stat(pid) if pid is not None else None
+    if fields is None:
         return "state unknown"
-    return _STATES.get(code, f"state {code}")
+    return _STATES.get(fields[0], f"state {fields[0]}")

@@ -359,25 +359,29 @@ class ServerProcess:
 # ---- process groups ----------------------------------------------------------------------
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...; the
+    name may hold spaces and parentheses), or None when there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 19 else None
+
+
 def proc_start_ticks(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22):
     with the pid, it names one process, whereas a pid alone may be recycled. None when there
     is no such process (or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def _same_process(pid: int, start_ticks: int) -> bool:
     """``pid`` still runs (not a zombie) and is the process that started at ``start_ticks``."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[0] not in ("Z", "X") and int(fields[19]) == start_ticks
-    except (OSError, IndexError, ValueError):
-        return False
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X") and int(fields[19]) == start_ticks
 
 
 def signal_process(pid: int, start_ticks: int, sig: int) -> bool:
@@ -420,13 +424,9 @@ def group_members(pgid: int, *, zombies: bool = False) -> list[int]:
     for e in entries:
         if not e.isdigit():
             continue
-        try:
-            with open(f"/proc/{e}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and (zombies or fields[0] not in ("Z", "X")):
-                out.append(int(e))
-        except (OSError, IndexError, ValueError):
-            continue
+        fields = proc_stat(e)
+        if fields and int(fields[2]) == pgid and (zombies or fields[0] not in ("Z", "X")):
+            out.append(int(e))
     return out
 
 
