@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,18 +51,19 @@ def _named(e: BaseException, path: Path) -> BaseException:
     return e
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """A temporary file beside ``path`` (yielded by name, empty, closed) that the caller
+    fills; on success it gets the usual file mode, is fsynced and renamed over ``path``.
     An error (a full disk: ENOSPC) leaves ``path`` as it was and no temporary file; it is
     raised as an OSError naming ``path``."""
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fchmod(f.fileno(), _MODE)
-            f.write(data)
-            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
@@ -72,6 +73,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if named is e:
             raise
         raise named from e
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
+    An error (a full disk: ENOSPC) leaves ``path`` as it was and no temporary file; it is
+    raised as an OSError naming ``path``."""
+    with _replacing(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -85,23 +94,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_write_parquet(path: str | Path, df: pl.DataFrame) -> None:
     """Write a Polars frame as Parquet atomically (errors as in ``atomic_write_bytes``:
     Polars' own "IO error ... (os error 28)" becomes an OSError naming ``path``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(Path(path)) as tmp:
         df.write_parquet(tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fchmod(f.fileno(), _MODE)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        named = _named(e, path)
-        if named is e:
-            raise
-        raise named from e
 
 
 def read_json(path: str | Path) -> Any:
