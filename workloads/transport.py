@@ -7,7 +7,8 @@ sends by seconds; and its pure-Python parser costs tens of microseconds a stream
 chunk. The replayer is a measuring instrument, so it brings its own transport:
 
 - one asyncio ``Protocol`` a connection; the response head, ``Content-Length``,
-  chunked and close-delimited bodies are parsed as bytes arrive;
+  chunked and close-delimited bodies are parsed as bytes arrive, by llhttp (httptools,
+  the parser uvicorn uses), called from ``data_received``;
 - every piece of body carries the ``time.perf_counter_ns()`` of the moment the event
   loop delivered it (``data_received``), not of the moment a task got round to it;
 - idle connections wait on a stack per origin; one closed by the server while idle is
@@ -28,15 +29,22 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable
 
+import httptools
 import httpx
 
 _HEAD, _BODY, _DONE = 0, 1, 2
-_SIZE, _DATA, _DATA_END, _TRAILER = 0, 1, 2, 3
 _MAX_HEAD = 64 * 1024
 
 
 class _Conn(asyncio.Protocol):
-    """One HTTP/1.1 connection: sends a request, parses one response at a time."""
+    """One HTTP/1.1 connection: sends a request, parses one response at a time.
+
+    The bytes are parsed by llhttp (``httptools.HttpResponseParser``, a fresh one a
+    response); its callbacks (``on_header``, ``on_body``, ...) run inside ``feed_data``,
+    that is inside ``data_received``, so every body piece keeps the stamp of the moment
+    its bytes arrived. The pieces of one ``data_received`` go out as one piece, as they
+    came off the socket.
+    """
 
     def __init__(self, key: tuple[str, int]) -> None:
         self.key = key
@@ -55,11 +63,11 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = True
         self.chunks: collections.deque[tuple[bytes, int]] = collections.deque()
         self.sink: Callable[[bytes, int], None] | None = None
-        self._head = b""
-        self._mode = "none"  # length | chunked | close | none
-        self._left = 0
-        self._cstate = _SIZE
-        self._cbuf = b""
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_bytes = 0  # bytes fed while the head was not complete
+        self._interim = False  # the message being parsed is a 1xx interim answer
+        self._until_close = False  # the body ends when the server closes the connection
+        self._pieces: list[bytes] = []  # body pieces of the current data_received
         self._head_only = False
 
     # ---- protocol callbacks ------------------------------------------------------------------
@@ -69,7 +77,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.phase == _BODY and self._mode == "close":
+        if self.phase == _BODY and self._until_close:
             self.phase = _DONE
         elif self.phase != _DONE and self.error is None:
             self.error = httpx.ReadError(
@@ -88,140 +96,77 @@ class _Conn(asyncio.Protocol):
             return
         self.got_bytes = True
         try:
-            if self.phase == _HEAD:
-                data = self._parse_head(data)
-                if self.phase == _HEAD or not data:
-                    self._wake()
-                    return
-            if self.phase == _BODY:
-                self._parse_body(data, ns)
-            elif data:  # bytes after a complete response: do not reuse the connection
-                self.keep_alive = False
+            self._feed(data)
         except httpx.RemoteProtocolError as e:
             self.error = e
             self.keep_alive = False
             if self.transport is not None:
                 self.transport.close()
+        if self._pieces:
+            piece = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+            self._pieces.clear()
+            self._emit(piece, ns)
         if self.sink is None or self.phase == _DONE or self.error is not None:
             self._wake()  # a sink took the pieces: wake the reader only at the end
 
-    # ---- parsing -----------------------------------------------------------------------------
+    # ---- parsing (llhttp) --------------------------------------------------------------------
 
-    def _parse_head(self, data: bytes) -> bytes:
-        buf = self._head + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > _MAX_HEAD:
-                raise httpx.RemoteProtocolError("response head too large")
-            self._head = buf
-            return b""
-        lines = buf[:end].split(b"\r\n")
-        rest = buf[end + 4 :]
-        self._head = b""
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+    def _feed(self, data: bytes) -> None:
+        if self.phase == _HEAD:
+            self._head_bytes += len(data)
         try:
-            status = int(parts[1])
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"bad status code: {parts[1][:20]!r}") from None
-        headers: list[tuple[bytes, bytes]] = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise httpx.RemoteProtocolError(f"bad header line: {line[:80]!r}")
-            headers.append((name.strip(), value.strip()))
-        if 100 <= status < 200:
-            return self._parse_head(rest) if rest else b""  # an interim answer: skip it
-        self.status = status
-        self.headers = headers
-        lower = {k.lower(): v.lower() for k, v in headers}
-        conn = lower.get(b"connection", b"")
-        self.keep_alive = parts[0] == b"HTTP/1.1" and b"close" not in conn
-        if self._head_only or status in (204, 304):
-            self._mode = "none"
-        elif b"chunked" in lower.get(b"transfer-encoding", b""):
-            self._mode = "chunked"
-        elif b"content-length" in lower:
-            try:
-                self._left = int(lower[b"content-length"])
-            except ValueError:
-                raise httpx.RemoteProtocolError("bad Content-Length") from None
-            self._mode = "length"
-        else:
-            self._mode = "close"
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self.phase != _DONE:
+                raise httpx.RemoteProtocolError("the server switched protocols") from None
             self.keep_alive = False
-        self.phase = (
-            _DONE if self._mode == "none" or (self._mode == "length" and self._left == 0) else _BODY
-        )
-        return rest
+        except httptools.HttpParserError as e:
+            if self.phase == _DONE:  # bytes after a complete response: do not reuse
+                self.keep_alive = False
+                return
+            cause = f" ({e.__context__!r})" if e.__context__ is not None else ""
+            raise httpx.RemoteProtocolError(f"{e}{cause}") from None
+        if self.phase == _HEAD and self._head_bytes > _MAX_HEAD:
+            raise httpx.RemoteProtocolError("response head too large")
 
-    def _parse_body(self, data: bytes, ns: int) -> None:
-        if self._mode == "length":
-            piece = data[: self._left]
-            self._left -= len(piece)
-            if piece:
-                self._emit(piece, ns)
-            if self._left == 0:
-                self.phase = _DONE
-                if len(data) > len(piece):
-                    self.keep_alive = False
-        elif self._mode == "chunked":
-            self._dechunk(data, ns)
-        else:
-            self._emit(data, ns)
+    def on_message_begin(self) -> None:
+        if self.phase == _DONE:  # a second answer after the complete one: do not reuse
+            self.keep_alive = False
 
-    def _dechunk(self, data: bytes, ns: int) -> None:
-        buf = self._cbuf + data if self._cbuf else data
-        pos, n = 0, len(buf)
-        out: list[bytes] = []
-        state = self._cstate
-        while pos < n:
-            if state == _DATA:
-                take = min(self._left, n - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                self._left -= take
-                if self._left:
-                    break
-                state = _DATA_END
-            elif state == _DATA_END:
-                if n - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise httpx.RemoteProtocolError("chunk not followed by CRLF")
-                pos += 2
-                state = _SIZE
-            else:
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    if n - pos > 1024:
-                        raise httpx.RemoteProtocolError("chunk size line too long")
-                    break
-                line = buf[pos:eol]
-                pos = eol + 2
-                if state == _TRAILER:
-                    if not line:
-                        self.phase = _DONE
-                        if pos < n:
-                            self.keep_alive = False
-                        break
-                    continue
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise httpx.RemoteProtocolError(f"bad chunk size {line[:20]!r}") from None
-                if size < 0:
-                    raise httpx.RemoteProtocolError(f"bad chunk size {line[:20]!r}")
-                if size == 0:
-                    state = _TRAILER
-                else:
-                    self._left = size
-                    state = _DATA
-        self._cstate = state
-        self._cbuf = buf[pos:] if pos < n and self.phase != _DONE else b""
-        if out:
-            self._emit(b"".join(out), ns)
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.phase == _HEAD:  # not the trailers of a chunked body
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.phase != _HEAD:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # an interim answer: skip it
+            self._interim = True
+            self.headers = []
+            return
+        self.status = status
+        lower = {k.lower(): v.lower() for k, v in self.headers}
+        conn = lower.get(b"connection", b"")
+        self.keep_alive = self._parser.get_http_version() == "1.1" and b"close" not in conn
+        no_body = self._head_only or status in (204, 304)
+        framed = b"chunked" in lower.get(b"transfer-encoding", b"") or b"content-length" in lower
+        if not no_body and not framed:
+            self._until_close = True
+            self.keep_alive = False
+        self.phase = _DONE if no_body else _BODY
+
+    def on_body(self, body: bytes) -> None:
+        if self.phase == _BODY:
+            self._pieces.append(body)
+        else:  # a body after a HEAD answer's head: do not reuse
+            self.keep_alive = False
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif self.phase == _BODY:
+            self.phase = _DONE
 
     def _emit(self, piece: bytes, ns: int) -> None:
         sink = self.sink
