@@ -31,7 +31,6 @@ import polars as pl
 from workloads._rows import (
     BadValue,
     RowReader,
-    cotenant_record,
     csv_rows,
     float_field,
     int_field,
@@ -43,7 +42,7 @@ from workloads._rows import (
     timestamp_ns,
 )
 from workloads.errors import TraceFormatError
-from workloads.trace import TRACE_SCHEMA, empty_trace, load_trace, make_trace, normalize_trace
+from workloads.trace import load_trace, make_trace, read_cotenant_jsonl
 
 FORMATS = ("cotenant", "azure", "burstgpt", "mooncake", "sharegpt")
 CHARS_PER_TOKEN = 4
@@ -297,32 +296,6 @@ def _field(obj: dict[str, Any], key: str) -> Any:
     if obj.get(key) is None:
         raise BadValue(key, "missing")
     return obj[key]
-
-
-def read_cotenant_jsonl(path: Path, rows: RowReader) -> tuple[pl.DataFrame, int]:
-    """cotenant's own JSONL: one trace row a line (what `save_trace` writes)."""
-    records: list[dict[str, Any]] = []
-    n = 0
-    for line, text in enumerate(text_lines(path, rows), start=1):
-        if not text.strip():
-            continue
-        n += 1
-        try:
-            records.append(cotenant_record(json_object(text)))
-        except BadValue as e:
-            rows.bad(line, e)
-    if not records:
-        return empty_trace(), n
-    names: list[str] = list(TRACE_SCHEMA)
-    for r in records:
-        names.extend(k for k in r if k not in names)
-    cols = {
-        name: pl.Series(
-            name, [r.get(name) for r in records], dtype=TRACE_SCHEMA.get(name), strict=False
-        )
-        for name in names
-    }
-    return normalize_trace(pl.DataFrame(cols), source=str(path)), n
 
 
 _WS = re.compile(r"[ \t\r\n]*")

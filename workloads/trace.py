@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from workloads._rows import BadValue, RowReader, cotenant_record, json_object, text_lines
 from workloads.errors import TraceFormatError
 from workloads.fileio import atomic_write_bytes, atomic_write_parquet
 
@@ -200,10 +201,33 @@ def load_trace(path: str | Path) -> pl.DataFrame:
 
 
 def _load_jsonl(path: Path) -> pl.DataFrame:
-    from workloads._rows import RowReader
-    from workloads.importers import read_cotenant_jsonl
-
     return read_cotenant_jsonl(path, RowReader(path, skip_bad_rows=False))[0]
+
+
+def read_cotenant_jsonl(path: Path, rows: RowReader) -> tuple[pl.DataFrame, int]:
+    """cotenant's own JSONL: one trace row a line (what `save_trace` writes)."""
+    records: list[dict[str, Any]] = []
+    n = 0
+    for line, text in enumerate(text_lines(path, rows), start=1):
+        if not text.strip():
+            continue
+        n += 1
+        try:
+            records.append(cotenant_record(json_object(text)))
+        except BadValue as e:
+            rows.bad(line, e)
+    if not records:
+        return empty_trace(), n
+    names: list[str] = list(TRACE_SCHEMA)
+    for r in records:
+        names.extend(k for k in r if k not in names)
+    cols = {
+        name: pl.Series(
+            name, [r.get(name) for r in records], dtype=TRACE_SCHEMA.get(name), strict=False
+        )
+        for name in names
+    }
+    return normalize_trace(pl.DataFrame(cols), source=str(path)), n
 
 
 # ---- statistics ----------------------------------------------------------------------------
