@@ -1,6 +1,6 @@
 """Replay fidelity: does cotenant's replayer send on time and time what the server did?
 
-A stub server (`workloads.stubserver`, in its own process) streams OpenAI completions
+A stub server (`tests.stubs.timing`, in its own process) streams OpenAI completions
 with a fixed time to first token (50 ms), a fixed gap between tokens (10 ms) and 64
 tokens, and stamps, on the host's monotonic clock, when each request was complete and
 when each token chunk was written. Each client lives in a process of its own and replays
@@ -318,7 +318,7 @@ class _Child:
 
 def _stub(a: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
     cmd = [
-        sys.executable, "-m", "workloads.stubserver", "--ttft-ms", str(TTFT_MS),
+        sys.executable, "-m", "tests.stubs.timing", "--ttft-ms", str(TTFT_MS),
         "--itl-ms", str(ITL_MS), "--tokens", str(TOKENS),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from orchestrator.cli import main
-from workloads.stubserver import StubConfig, StubServer
+from tests.stubs.timing import StubConfig, StubServer
 from workloads.tokenizer import build_tiny_tokenizer
 from workloads.trace import load_trace
 

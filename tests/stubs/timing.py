@@ -12,7 +12,7 @@ the client itself.
 Test hooks, chosen by a request's ``max_tokens``: ``fail`` answers with an HTTP status,
 ``hang`` never answers.
 
-    python -m workloads.stubserver --port 0 --ttft-ms 50 --itl-ms 10 --tokens 64
+    python -m tests.stubs.timing --port 0 --ttft-ms 50 --itl-ms 10 --tokens 64   # from the repo root
 """
 
 from __future__ import annotations
