@@ -34,7 +34,7 @@ import signal
 import statistics
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -635,10 +635,7 @@ async def replay(
     stop = stop or asyncio.Event()
     out = JsonlAppender(out_jsonl)
     t0_wall = time.perf_counter_ns()
-    gc_was_enabled = gc.isenabled()
-    gc_froze = False
     state: _Replay | None = None
-    stopped = False
     try:
         state = _Replay(
             trace,
@@ -651,46 +648,72 @@ async def replay(
             prompt_seed=prompt_seed,
             max_concurrency=max_concurrency,
         )
-        state.anchor(0.0 if start_s is None else start_s)
-        state.prepare_until(state.reqs[0].due_ns + LOOKAHEAD_NS if state.reqs else 0)
-        await state.prewarm()
-        gc.collect()  # before the start is fixed: a big heap takes a while
-        if gc.get_freeze_count() == 0:  # leave a caller's own freeze alone
-            gc.freeze()
-            gc_froze = True
-        gc.disable()
-        if start_s is None and clock.now_s() > -0.01:
-            state.anchor(clock.now_s() + 0.05)
-        progress.start(len(state.reqs))
-        ticker = asyncio.create_task(_tick(state, progress, t0_wall))
-        try:
-            dispatcher = asyncio.create_task(state.dispatch(stop))
-            await dispatcher
-            stopped = stop.is_set()
-            end_s = state.start_s + max(warmup_s + window_s, last_arrival) + drain_s
-            await _drain(state, stop, clock.to_ns(end_s))
-            stopped = stopped or stop.is_set()
-        finally:
-            ticker.cancel()
-            for task in list(state.in_flight):
-                task.cancel()
-            if state.in_flight:
-                await asyncio.gather(*state.in_flight, return_exceptions=True)
-            for r in state.reqs[state.launched :]:
-                state.record(r, "dropped", error="not sent: replay stopped")
-            progress.update(state.snapshot(t0_wall))
-            progress.stop()
+        await _get_ready(state, start_s)
+        with _gc_paused():
+            if start_s is None and clock.now_s() > -0.01:
+                state.anchor(clock.now_s() + 0.05)
+            until_s = max(warmup_s + window_s, last_arrival) + drain_s
+            stopped = await _send_and_drain(state, progress, stop, t0_wall, until_s)
     finally:
-        if gc_froze:
-            gc.unfreeze()
-        if gc_was_enabled:
-            gc.enable()
         try:
             if state is not None:
                 await state.aclose()
         finally:
             out.close()  # raises a row that could not be written (a full disk), naming the file
     return _summary(state, experiment_id, Path(out_jsonl), t0_wall, stopped)
+
+
+async def _get_ready(state: _Replay, start_s: float | None) -> None:
+    """Before the start: the schedule anchored, the first seconds of bodies built, the first
+    second's connections open."""
+    state.anchor(0.0 if start_s is None else start_s)
+    state.prepare_until(state.reqs[0].due_ns + LOOKAHEAD_NS if state.reqs else 0)
+    await state.prewarm()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic collector collected, frozen and paused while the replay runs (a full
+    collection stops the loop for tens of milliseconds); restored afterwards."""
+    gc_was_enabled = gc.isenabled()
+    gc_froze = False
+    try:
+        gc.collect()  # before the start is fixed: a big heap takes a while
+        if gc.get_freeze_count() == 0:  # leave a caller's own freeze alone
+            gc.freeze()
+            gc_froze = True
+        gc.disable()
+        yield
+    finally:
+        if gc_froze:
+            gc.unfreeze()
+        if gc_was_enabled:
+            gc.enable()
+
+
+async def _send_and_drain(
+    state: _Replay, progress: Progress, stop: asyncio.Event, t0_wall: int, until_s: float
+) -> bool:
+    """Send the trace, then wait for the answers until ``until_s`` after the start or a
+    stop; what was never sent becomes ``dropped`` rows. True when a stop was asked."""
+    progress.start(len(state.reqs))
+    ticker = asyncio.create_task(_tick(state, progress, t0_wall))
+    try:
+        dispatcher = asyncio.create_task(state.dispatch(stop))
+        await dispatcher
+        stopped = stop.is_set()
+        await _drain(state, stop, state.clock.to_ns(state.start_s + until_s))
+        return stopped or stop.is_set()
+    finally:
+        ticker.cancel()
+        for task in list(state.in_flight):
+            task.cancel()
+        if state.in_flight:
+            await asyncio.gather(*state.in_flight, return_exceptions=True)
+        for r in state.reqs[state.launched :]:
+            state.record(r, "dropped", error="not sent: replay stopped")
+        progress.update(state.snapshot(t0_wall))
+        progress.stop()
 
 
 async def _tick(state: _Replay, progress: Progress, t0_ns: int) -> None:

@@ -10,7 +10,7 @@ the server really did. Not a tenant: DESIGN.md allows test doubles where a test 
 the client itself.
 
 Test hooks, chosen by a request's ``max_tokens``: ``fail`` answers with an HTTP status,
-``hang`` never answers.
+``hang`` never answers; ``on_request`` is told each request's id as it comes in.
 
     python -m tests.stubs.timing --port 0 --ttft-ms 50 --itl-ms 10 --tokens 64   # from the repo root
 """
@@ -37,6 +37,8 @@ class StubConfig:
     fail: dict[int, int] = field(default_factory=dict)  # max_tokens -> HTTP status
     hang: frozenset[int] = frozenset()  # max_tokens values never answered
     model: str = "stub"
+    # called on the stub's thread with a request's id once it is in: an event for tests
+    on_request: Callable[[str], None] | None = None
 
 
 _STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
@@ -153,6 +155,8 @@ class _Conn(asyncio.Protocol):
         rid = headers.get("x-request-id") or str(self.s.counter)
         stamp: list[Any] = [recv_ns, []]
         self.s.stamps[rid] = stamp
+        if c.on_request is not None:
+            c.on_request(rid)
         max_tokens = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
         if max_tokens in c.hang:
             return  # never answer; the client's deadline ends it

@@ -1,10 +1,16 @@
-"""The replayer against a streaming stub on a free port (its own event loop, in a thread)."""
+"""The replayer against a streaming stub on a free port (its own event loop, in a thread).
+
+No test asserts a timing window: timings are checked against causality on the host's one
+monotonic clock (the client cannot see a token before the stub wrote it, a deadline does
+not end a request before it is due), and stops come on events, not timers. How close the
+replayer's timings come to the truth is measured by ``benchmarks/replay_fidelity.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ from workloads.errors import ReplayError, TraceFormatError
 from workloads.fileio import read_jsonl_rows
 from workloads.records import REQUEST_SCHEMA, rows_to_frame
 from workloads.replayer import ReplaySummary, Target, replay, replay_to_dir, run_loop
+from workloads.summary import summarize_requests
 from workloads.tokenizer import build_tiny_tokenizer
 from workloads.trace import make_trace
 
@@ -55,25 +62,27 @@ def test_schedule_timings_and_tokens(stub: StubServer, tok: Path, tmp_path: Path
     arrivals = np.arange(n) * 0.02  # 50 req/s for 0.6 s
     outputs = [4 + i % 5 for i in range(n)]
     trace = make_trace(arrivals, input_tokens=[32] * n, output_tokens=outputs, tenant="a")
-    s, rows = _run(trace, [_target(stub, tok)], tmp_path, warmup_s=0.1, window_s=0.4)
+    clock = ExperimentClock(delay_s=0.3)
+    s, rows = _run(trace, [_target(stub, tok)], tmp_path, warmup_s=0.1, window_s=0.4, clock=clock)
     assert (s.scheduled, s.sent, s.ok) == (n, n, n)
     assert rows["scheduled_s"].to_list() == pytest.approx((s.start_s + arrivals).tolist())
     lag = (rows["sent_s"] - rows["scheduled_s"]).to_numpy()
-    assert lag.min() >= 0
-    assert np.median(lag) < 0.002 and lag.max() < 0.2  # a loaded CI box: the tail is generous
+    assert lag.min() >= 0  # never early
     assert rows["output_tokens"].to_list() == outputs == rows["expected_output_tokens"].to_list()
     assert rows["status"].unique().to_list() == ["ok"]
     assert rows["warmup"].sum() == 5 and rows["in_window"].sum() == 20
-    # timings against what the stub did, on the same monotonic clock
+    # timings against what the stub did, on the same monotonic clock: each event the
+    # client stamped comes after the stub's own stamp of its cause
+    eps = 1e-6  # float seconds
     stamps = stub.stamps()
     for r in rows.iter_rows(named=True):
         recv, writes = stamps[f"t-{r['request_id']}"]
-        true_ttft = (writes[0] - recv) / 1e9
-        assert r["first_token_s"] - r["sent_s"] == pytest.approx(true_ttft, abs=0.02)
-        assert len(r["itl_s"]) == r["output_tokens"] - 1
-        true_gaps = np.diff(writes) / 1e9
-        assert np.allclose(r["itl_s"], true_gaps, atol=0.02)
-        assert r["done_s"] >= r["first_token_s"] + sum(r["itl_s"]) - 1e-6
+        assert r["sent_s"] <= clock.to_s(recv) + eps
+        assert len(writes) == r["output_tokens"] and len(r["itl_s"]) == r["output_tokens"] - 1
+        seen = r["first_token_s"] + np.concatenate([[0.0], np.cumsum(r["itl_s"])])
+        written = np.array([clock.to_s(w) for w in writes])
+        assert (seen >= written - eps).all()
+        assert r["done_s"] >= seen[-1] - eps
     frame = rows_to_frame(rows.to_dicts())
     assert frame.schema == pl.Schema(REQUEST_SCHEMA)
 
@@ -89,8 +98,9 @@ def test_error_and_hanging_requests_become_rows(
     assert by[8]["status"] == "ok"
     assert by[13]["status"] == "error" and by[13]["http_status"] == 500
     assert "HTTP 500" in by[13]["error"] and by[13]["output_tokens"] is None
-    assert by[17]["status"] == "timeout" and "0.4 s" in by[17]["error"]
-    assert by[17]["done_s"] - by[17]["sent_s"] == pytest.approx(0.4, abs=0.1)
+    assert by[17]["status"] == "timeout" and "0.4 s" in by[17]["error"]  # not the drain's
+    # not before its deadline (uvloop's timers count from the start of a loop iteration)
+    assert by[17]["done_s"] - by[17]["sent_s"] > 0.3
     assert (s.ok, s.errors, s.timeouts, s.dropped) == (1, 1, 1, 0)
 
 
@@ -98,33 +108,47 @@ def test_drain_deadline_cancels_what_is_left(stub: StubServer, tok: Path, tmp_pa
     trace = make_trace([0.0, 0.05], input_tokens=[8, 8], output_tokens=[17, 4], tenant="a")
     s, rows = _run(trace, [_target(stub, tok, timeout_s=60)], tmp_path, drain_s=0.3)
     hung = rows.filter(pl.col("expected_output_tokens") == 17).row(0, named=True)
-    assert hung["status"] == "timeout" and "drain deadline" in hung["error"]
-    assert s.wall_s < 5
+    assert hung["status"] == "timeout" and "drain deadline" in hung["error"]  # not the 60 s'
+    assert hung["done_s"] > s.start_s + 0.05 + 0.3 - 0.1  # the last arrival, then the drain
+    assert (s.ok, s.timeouts) == (1, 1)
 
 
-def test_stop_drops_what_was_not_sent(stub: StubServer, tok: Path, tmp_path: Path) -> None:
-    n = 40
-    trace = make_trace(np.arange(n) * 0.05, input_tokens=[8] * n, output_tokens=[4] * n, tenant="a")
+def test_stop_drops_what_was_not_sent(tok: Path, tmp_path: Path) -> None:
+    """The stop comes when the stub has the k-th request, which it never answers. One
+    request at a time (a concurrency cap of 1): the k - 1 before it are done, none after it
+    was sent."""
+    n, k = 40, 12
+    outputs = [4] * n
+    outputs[k - 1] = 17  # hangs
+    trace = make_trace(np.arange(n) * 0.01, input_tokens=[8] * n, output_tokens=outputs,
+                       tenant="a")  # fmt: skip
+    when_in: list[Callable[[], object]] = []
 
-    async def main() -> ReplaySummary:
+    def on_request(rid: str) -> None:
+        if rid == f"t-{k - 1}":
+            when_in[0]()
+
+    async def main(base_url: str) -> ReplaySummary:
         stop = asyncio.Event()
-        asyncio.get_running_loop().call_later(0.6, stop.set)  # the clock's zero is 0.3 s away
+        loop = asyncio.get_running_loop()
+        when_in.append(lambda: loop.call_soon_threadsafe(stop.set))
         return await replay(
-            trace, [_target(stub, tok)], clock=ExperimentClock(delay_s=0.3), experiment_id="t",
-            out_jsonl=tmp_path / "r.jsonl", stop=stop,
+            trace, [Target("a", base_url, "completions", "stub", tok)],
+            clock=ExperimentClock(delay_s=0.3), experiment_id="t",
+            out_jsonl=tmp_path / "r.jsonl", stop=stop, max_concurrency={"a": 1},
         )  # fmt: skip
 
-    s = run_loop(main())
-    rows = rows_to_frame(read_jsonl_rows(tmp_path / "r.jsonl"))
+    cfg = StubConfig(ttft_s=TTFT, itl_s=ITL, hang=frozenset({17}), on_request=on_request)
+    with StubServer(cfg) as own:
+        s = run_loop(main(own.base_url))
+    rows = rows_to_frame(read_jsonl_rows(tmp_path / "r.jsonl")).sort("request_id")
     assert rows.height == n and s.stopped
+    assert (s.sent, s.ok, s.timeouts, s.dropped) == (k, k - 1, 1, n - k)
+    assert rows["status"].to_list() == ["ok"] * (k - 1) + ["timeout"] + ["dropped"] * (n - k)
+    assert rows["error"][k - 1] == "cancelled: replay stopped"
     dropped = rows.filter(pl.col("status") == "dropped")
-    assert 20 < dropped.height < 40
     assert dropped["sent_s"].null_count() == dropped.height
-    assert (
-        dropped["scheduled_s"].min()
-        > rows.filter(pl.col("status") != "dropped")["scheduled_s"].max()
-    )
-    assert s.dropped == dropped.height
+    assert set(dropped["error"]) == {"not sent: replay stopped"}
 
 
 def test_concurrency_cap_is_client_queueing(stub: StubServer, tok: Path, tmp_path: Path) -> None:
@@ -190,9 +214,9 @@ def test_replay_to_dir_writes_both_files(stub: StubServer, tok: Path, tmp_path: 
     assert len((tmp_path / "out" / "requests.jsonl").read_text().splitlines()) == n
     row = summary.row(0, named=True)
     assert row["tenant"] == "a" and row["ok"] == n and row["requests"] == n
-    assert row["ttft_p50_ms"] == pytest.approx(TTFT * 1e3, abs=10)
-    assert row["tpot_p50_ms"] == pytest.approx(ITL * 1e3, abs=3)
-    assert row["achieved_rate"] == pytest.approx(100, rel=0.2)
+    assert summary.equals(summarize_requests(pl.read_parquet(tmp_path / "out/requests.parquet")))
+    assert row["ttft_p50_ms"] >= TTFT * 1e3 - 1e-3  # the stub waits that long
+    assert row["tpot_p50_ms"] > 0 and row["achieved_rate"] > 0
     with pytest.raises(ReplayError, match="exists"):
         replay_to_dir(trace, [_target(stub, tok)], tmp_path / "out")
     replay_to_dir(
@@ -217,7 +241,7 @@ def test_late_clock_shifts_the_start(stub: StubServer, tok: Path, tmp_path: Path
     s, rows = _run(trace, [_target(stub, tok)], tmp_path, clock=clock)
     assert s.start_s > 0
     assert rows["scheduled_s"].to_list() == pytest.approx([s.start_s, s.start_s + 0.01])
-    assert (rows["sent_s"] - rows["scheduled_s"]).max() < 0.2
+    assert (rows["sent_s"] - rows["scheduled_s"]).min() >= 0
 
 
 def test_an_unsorted_frame_is_checked_and_sorted(
@@ -265,11 +289,13 @@ def test_progress_has_live_figures_per_tenant(stub: StubServer, tok: Path, tmp_p
         r = rows.filter(pl.col("tenant") == name)
         assert by[name].sent == r.height == by[name].done
         assert by[name].errors == r.filter(pl.col("status") != "ok").height
-    # p50 TTFT of the completions is the stub's TTFT (plus transport); embeddings much faster
-    assert TTFT <= by["c"].p50_s < TTFT + 0.05
-    assert by["e"].p50_s < TTFT
-    # the rate is completions a second over the last seconds: 40 requests in ~1 s, a 1 s floor
-    assert 20 <= by["c"].rate_rps <= 45
+    # p50: the rows' TTFT for completions (at least the stub's), latency for embeddings
+    c, e = (rows.filter(pl.col("tenant") == name) for name in ("c", "e"))
+    assert by["c"].p50_s == pytest.approx((c["first_token_s"] - c["sent_s"]).median(), abs=1e-6)
+    assert by["e"].p50_s == pytest.approx((e["done_s"] - e["sent_s"]).median(), abs=1e-6)
+    assert by["c"].p50_s >= TTFT - 1e-6
+    # the rate is completions a second over the last seconds, with a 1 s floor
+    assert 0 < by["c"].rate_rps <= n
     from workloads.progress import tenant_line
 
     assert "TTFT p50" in tenant_line(by["c"]) and "latency p50" in tenant_line(by["e"])

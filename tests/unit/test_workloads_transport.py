@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
-from workloads.transport import _BODY, _DONE, _HEAD, LeanTransport, _Conn
+from workloads.transport import _BODY, _DONE, _HEAD, LeanTransport, TimedStream, _Conn
 
 Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # returns: keep the connection
 
@@ -219,6 +220,21 @@ def test_the_pieces_of_one_read_go_out_as_one_stamped_piece() -> None:
     pieces = list(conn.chunks)
     assert [p for p, _ in pieces] == [b"wikipe", b"dia"]
     assert pieces[0][1] <= pieces[1][1]
+
+
+def test_a_piece_keeps_the_stamp_of_its_arrival_not_of_its_reading() -> None:
+    conn, _ = _conn()
+    conn.data_received(_LENGTH[:-2])
+    before = time.perf_counter_ns()
+    conn.data_received(_LENGTH[-2:])
+    after = time.perf_counter_ns()
+
+    async def read() -> list[tuple[bytes, int]]:
+        return [p async for p in TimedStream(conn, LeanTransport(), None).timed()]
+
+    pieces = asyncio.run(read())  # read later, on a loop that did not exist at arrival
+    assert [p for p, _ in pieces] == [b"hel", b"lo"]
+    assert pieces[0][1] < before <= pieces[1][1] <= after
 
 
 def test_an_interim_answer_is_skipped() -> None:
