@@ -213,8 +213,8 @@ def synthesize(run_dir: Path, rows: int, experiments: int, seed: int = 0) -> dic
 
 
 def _lazy(run_dir: Path) -> dict[str, Any]:
-    from reports.aggregate import latency_cdf
     from reports.analysis import analyze
+    from reports.request_figures import latency_cdf
     from reports.rundir import load_run
 
     run = load_run(run_dir)
@@ -230,9 +230,10 @@ def _lazy(run_dir: Path) -> dict[str, Any]:
 def _eager(run_dir: Path) -> dict[str, Any]:
     import polars as pl
 
-    from reports.aggregate import _derived, _stat_exprs, windows_frame
     from reports.metrics import LATENCIES
+    from reports.request_figures import _derived, _stat_exprs
     from reports.rundir import load_run
+    from reports.scan import windows_frame
 
     run = load_run(run_dir)
     t0 = time.perf_counter()

@@ -8,12 +8,13 @@ from pathlib import Path
 import polars as pl
 
 from reports import figures as F
-from reports.aggregate import latency_cdf, request_rate_series, telemetry_series
 from reports.analysis import Analysis, analyze
 from reports.errors import ReportError
 from reports.html import render
 from reports.markdown import summary_markdown
+from reports.request_figures import latency_cdf, request_rate_series
 from reports.rundir import Experiment, load_run
+from reports.telemetry_figures import telemetry_series
 from workloads.fileio import atomic_write_parquet, atomic_write_text
 
 # at most this many per-experiment timelines are drawn (then: first repetition of each set)

@@ -9,8 +9,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from reports.aggregate import experiment_table, latency_cdf
+from reports.aggregate import experiment_table
 from reports.errors import ReportError
+from reports.request_figures import latency_cdf
 from reports.rundir import load_run
 from tests.unit.runfixtures import manifest, request_row, write_campaign, write_experiment
 
