@@ -106,11 +106,21 @@ def compare_runs(run_a: Path | str, run_b: Path | str, out_dir: Path | str) -> P
     only_a, only_b = sorted(ids_a - ids_b), sorted(ids_b - ids_a)
     write_table(out / "tables", "compare", cmp)
     write_table(out / "tables", "compare_strategies", strat)
+    heads = _headlines(a, b, cmp, len(ids_a & ids_b), len(only_a), len(only_b))
+    keyed = _key_figures(a, cmp)
+    html_path = out / "compare.html"
+    atomic_write_text(html_path, _html(a, b, heads, strat, keyed, only_a, only_b))
+    atomic_write_text(out / "compare.md", _markdown(a, b, heads, keyed))
+    return html_path
 
+
+def _headlines(
+    a: Analysis, b: Analysis, cmp: pl.DataFrame, n_both: int, n_only_a: int, n_only_b: int
+) -> list[str]:
     counts = {k: cmp.filter(pl.col("change") == k).height for k in ("better in B", "worse in B", "no measurable change")}
     heads = [
-        f"A = {_side(a)}; B = {_side(b)}. {len(ids_a & ids_b)} experiments in both, "
-        f"{len(only_a)} only in A, {len(only_b)} only in B.",
+        f"A = {_side(a)}; B = {_side(b)}. {n_both} experiments in both, "
+        f"{n_only_a} only in A, {n_only_b} only in B.",
         f"Of {cmp.height} figures matched (set x tenant x figure): {counts['better in B']} measurably better in B, "
         f"{counts['worse in B']} measurably worse in B, {counts['no measurable change']} without a measurable change "
         "(95% interval of B/A contains 1.0); the rest have one repetition on a side.",
@@ -122,8 +132,24 @@ def compare_runs(run_a: Path | str, run_b: Path | str, out_dir: Path | str) -> P
             f"Largest change on a headline figure: {big['tenant']} {label(big['metric']).text} in "
             f"{group_label(big['group_id'])}: B/A = {_ratio(big)}, {big['change']}."
         )
+    return heads
 
-    # html
+
+def _key_figures(a: Analysis, cmp: pl.DataFrame) -> pl.DataFrame:
+    """The headline figures of the comparison, in A's order of sets and tenants."""
+    order = {g: i for i, g in enumerate(a.set_order)}
+    tenants = {t: i for i, t in enumerate(a.tenants)}
+    return cmp.filter(pl.col("metric").is_in(KEY_METRICS)).with_columns(
+        pl.col("group_id").replace_strict(order, default=len(order), return_dtype=pl.Int64).alias("_g"),
+        pl.col("tenant").replace_strict(tenants, default=len(tenants), return_dtype=pl.Int64).alias("_t"),
+        pl.col("metric").replace_strict({m: i for i, m in enumerate(KEY_METRICS)}, return_dtype=pl.Int64).alias("_m"),
+    ).sort("_g", "_t", "_m").drop("_g", "_t", "_m")
+
+
+def _html(
+    a: Analysis, b: Analysis, heads: list[str], strat: pl.DataFrame, keyed: pl.DataFrame,
+    only_a: list[str], only_b: list[str],
+) -> str:  # fmt: skip
     srows = []
     for r in strat.iter_rows(named=True):
         srows.append([
@@ -135,13 +161,6 @@ def compare_runs(run_a: Path | str, run_b: Path | str, out_dir: Path | str) -> P
             escape("–" if r["worst_slowdown_b"] is None else f"{num(r['worst_slowdown_b'], 3)}x"),
             escape(str(r["classification"] or "–")), escape(str(r["classification_b"] or "–")),
         ])
-    order = {g: i for i, g in enumerate(a.set_order)}
-    tenants = {t: i for i, t in enumerate(a.tenants)}
-    keyed = cmp.filter(pl.col("metric").is_in(KEY_METRICS)).with_columns(
-        pl.col("group_id").replace_strict(order, default=len(order), return_dtype=pl.Int64).alias("_g"),
-        pl.col("tenant").replace_strict(tenants, default=len(tenants), return_dtype=pl.Int64).alias("_t"),
-        pl.col("metric").replace_strict({m: i for i, m in enumerate(KEY_METRICS)}, return_dtype=pl.Int64).alias("_m"),
-    ).sort("_g", "_t", "_m").drop("_g", "_t", "_m")
     krows = []
     for r in keyed.iter_rows(named=True):
         lab = label(r["metric"])
@@ -164,18 +183,18 @@ def compare_runs(run_a: Path | str, run_b: Path | str, out_dir: Path | str) -> P
         + "<p class=muted>Every figure: tables/compare.csv.</p>"
     )
     title = f"cotenant compare — {a.run.name} vs {b.run.name}"
-    html = (
+    return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
         f"<style>{CSS}</style></head><body><header class=top><div class=in><h1>{escape(title)}</h1>"
         f"<p>A: {escape(_side(a))}<br>B: {escape(_side(b))}</p></div></header><main>{body}</main></body></html>\n"
     )
-    html_path = out / "compare.html"
-    atomic_write_text(html_path, html)
+
+
+def _markdown(a: Analysis, b: Analysis, heads: list[str], keyed: pl.DataFrame) -> str:
     md = [f"# cotenant compare: {a.run.name} (A) vs {b.run.name} (B)", ""] + [f"- {h}" for h in heads] + [
         "", md_table(["set", "tenant", "figure", "A", "B", "B / A (95% CI)", "change"],
                      [[group_label(r["group_id"]), r["tenant"], label(r["metric"]).text,
                        num(r["mean_a"] * label(r["metric"]).scale), num(r["mean_b"] * label(r["metric"]).scale),
                        _ratio(r), r["change"]] for r in keyed.iter_rows(named=True)],
                      right=(3, 4)), ""]
-    atomic_write_text(out / "compare.md", "\n".join(md))
-    return html_path
+    return "\n".join(md)
