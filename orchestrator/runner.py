@@ -422,7 +422,7 @@ def _sharing(spec: CampaignSpec, run_dir: Path, label: str = "") -> Iterator[Any
     if spec.sharing.mode != "mps":
         yield lambda name: {}
         return
-    from orchestrator.mps import MpsDaemon
+    from servers.mps import MpsDaemon
 
     pct = spec.sharing.mps_active_thread_percentage
     # one daemon per group: groups side by side on several GPUs must not share a pipe folder
