@@ -34,6 +34,7 @@ from types import FrameType
 from typing import IO, Any
 
 import httpx
+import psutil
 
 from servers.errors import PortInUseError, ServerDiedError, ServerStartError
 
@@ -120,7 +121,7 @@ class ServerProcess:
         self.started_at: float | None = None  # monotonic
         self.healthy_at: float | None = None  # monotonic
         self._term_sent_at: float | None = None  # monotonic time of the first SIGTERM
-        self.start_ticks: int | None = None  # the leader's start time (/proc, clock ticks)
+        self.start_ticks: int | None = None  # the leader's start time (clock ticks)
         # once the leader is reaped: the group's members then, pid -> start time; the only
         # processes this object signals from then on (the group id may be recycled)
         self._left: dict[int, int] | None = None
@@ -359,29 +360,54 @@ class ServerProcess:
 # ---- process groups ----------------------------------------------------------------------
 
 
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...; the
-    name may hold spaces and parentheses), or None when there is no such process or no /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields if len(fields) > 19 else None
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def proc_start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22):
-    with the pid, it names one process, whereas a pid alone may be recycled. None when there
-    is no such process (or no /proc)."""
-    fields = proc_stat(pid)
-    return int(fields[19]) if fields else None
+    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field
+    22, the unit the orphan guard compares): with the pid, it names one process, whereas a
+    pid alone may be recycled. None when there is no such process."""
+    try:
+        return _start_ticks(psutil.Process(pid))
+    except psutil.Error:
+        return None
+
+
+def _start_ticks(proc: psutil.Process) -> int:
+    """psutil's ``create_time()`` is the boot time plus the start ticks over CLK_TCK, the
+    boot time read afresh each call; less the boot time, it is exact to the tick."""
+    return round((proc.create_time() - psutil.boot_time()) * _CLOCK_TICKS)
 
 
 def _same_process(pid: int, start_ticks: int) -> bool:
     """``pid`` still runs (not a zombie) and is the process that started at ``start_ticks``."""
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X") and int(fields[19]) == start_ticks
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() not in _GONE and _start_ticks(proc) == start_ticks
+    except psutil.Error:
+        return False
+
+
+_STATES = {
+    psutil.STATUS_RUNNING: "running",
+    psutil.STATUS_SLEEPING: "sleeping",
+    psutil.STATUS_DISK_SLEEP: "in uninterruptible sleep (I/O)",
+    psutil.STATUS_STOPPED: "stopped (SIGSTOP?)",
+    psutil.STATUS_TRACING_STOP: "stopped by a debugger",
+    psutil.STATUS_ZOMBIE: "a zombie",
+}
+
+
+def process_state(pid: int | None) -> str:
+    """What the process table says of a process: running, sleeping, stopped (SIGSTOP?), ..."""
+    if pid is None:
+        return "state unknown"
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return "state unknown"
+    return _STATES.get(status, f"state {status}")
 
 
 def signal_process(pid: int, start_ticks: int, sig: int) -> bool:
@@ -414,19 +440,17 @@ def signal_process(pid: int, start_ticks: int, sig: int) -> bool:
 
 
 def group_members(pgid: int, *, zombies: bool = False) -> list[int]:
-    """Pids whose process group is ``pgid`` (Linux /proc; empty elsewhere); zombies (dead,
-    waiting for a parent to reap them) only when asked."""
+    """Pids whose process group is ``pgid``; zombies (dead, waiting for a parent to reap
+    them) only when asked."""
     out: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for e in entries:
-        if not e.isdigit():
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) != pgid:
+                continue
+            if zombies or psutil.Process(pid).status() not in _GONE:
+                out.append(pid)
+        except (OSError, psutil.Error):  # gone meanwhile
             continue
-        fields = proc_stat(e)
-        if fields and int(fields[2]) == pgid and (zombies or fields[0] not in ("Z", "X")):
-            out.append(int(e))
     return out
 
 
