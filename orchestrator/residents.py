@@ -97,7 +97,7 @@ class ResidentSet:
         deadlocked, swamped): name -> reason, with the process's state."""
         import httpx
 
-        from servers.process import process_state
+        from servers.proctable import process_state
 
         out: dict[str, str] = {}
         with httpx.Client(timeout=timeout_s, trust_env=False) as client:

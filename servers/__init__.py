@@ -8,6 +8,8 @@ Imports stay light here (no torch, no vLLM); the pieces:
 * ``servers.process``   ``ServerProcess`` (own process group, log, health, stop),
                         ``free_port``, ``port_in_use``, ``stop_all``,
                         ``install_signal_handlers``
+* ``servers.proctable`` the process table through psutil: start times, states, group
+                        members, ``signal_process`` (checked, through a pidfd)
 * ``servers.vllm``      ``vllm_argv_env``, the vLLM module and backend, ``VLLM_PORT`` blocks,
                         the KV-cache info parsers
 * ``servers.env``       what every tenant's environment gets (``base_env``, ``REPO_ROOT``)

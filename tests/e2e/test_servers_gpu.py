@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from servers.launch import RunningTenant, read_kv_cache_info, start_tenant
-from servers.process import group_members
+from servers.proctable import group_members
 from servers.spec import EncoderTenant, VllmTenant
 from servers.vllm import vllm_backend
 

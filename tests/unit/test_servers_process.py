@@ -14,15 +14,8 @@ import pytest
 
 from servers import process as sp
 from servers.errors import PortInUseError, ServerDiedError, ServerStartError
-from servers.process import (
-    ServerProcess,
-    free_port,
-    group_members,
-    port_in_use,
-    proc_start_ticks,
-    process_state,
-    signal_process,
-)
+from servers.process import ServerProcess, free_port, port_in_use
+from servers.proctable import group_members, proc_start_ticks, process_state, signal_process
 
 SERVER = textwrap.dedent(
     """
