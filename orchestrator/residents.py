@@ -97,6 +97,8 @@ class ResidentSet:
         deadlocked, swamped): name -> reason, with the process's state."""
         import httpx
 
+        from servers.proctable import process_state
+
         out: dict[str, str] = {}
         with httpx.Client(timeout=timeout_s, trust_env=False) as client:
             for name, r in self.running.items():
@@ -109,9 +111,10 @@ class ResidentSet:
                     why = f"HTTP {resp.status_code}"
                 except httpx.HTTPError as e:
                     why = type(e).__name__
+                pid = r.process.pid
                 out[name] = (
                     f"tenant {name} is hung: no answer from {r.process.health_url} within "
-                    f"{timeout_s:g} s ({why}); process {r.process.pid} {_state(r.process.pid)}"
+                    f"{timeout_s:g} s ({why}); process {pid} {process_state(pid)}"
                 )
         return out
 
@@ -170,17 +173,3 @@ class ResidentSet:
                 "log": str(r.process.log_path) if r else None,
             }
         return out
-
-
-_STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible sleep (I/O)",
-           "T": "stopped (SIGSTOP?)", "t": "stopped by a debugger", "Z": "a zombie"}
-
-
-def _state(pid: int | None) -> str:
-    """What /proc says of the process: running, sleeping, stopped (SIGSTOP?), ..."""
-    from servers.process import proc_stat
-
-    fields = proc_stat(pid) if pid is not None else None
-    if fields is None:
-        return "state unknown"
-    return _STATES.get(fields[0], f"state {fields[0]}")

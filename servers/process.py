@@ -36,6 +36,7 @@ from typing import IO, Any
 import httpx
 
 from servers.errors import PortInUseError, ServerDiedError, ServerStartError
+from servers.proctable import group_members, proc_start_ticks, same_process, signal_process
 
 LOG_TAIL_LINES = 30
 _BUSY_PATTERNS = ("address already in use", "errno 98")
@@ -120,7 +121,7 @@ class ServerProcess:
         self.started_at: float | None = None  # monotonic
         self.healthy_at: float | None = None  # monotonic
         self._term_sent_at: float | None = None  # monotonic time of the first SIGTERM
-        self.start_ticks: int | None = None  # the leader's start time (/proc, clock ticks)
+        self.start_ticks: int | None = None  # the leader's start time (clock ticks)
         # once the leader is reaped: the group's members then, pid -> start time; the only
         # processes this object signals from then on (the group id may be recycled)
         self._left: dict[int, int] | None = None
@@ -163,7 +164,7 @@ class ServerProcess:
             return []
         if self._poll() is None:
             return group_members(self._proc.pid)
-        return [pid for pid, st in (self._left or {}).items() if _same_process(pid, st)]
+        return [pid for pid, st in (self._left or {}).items() if same_process(pid, st)]
 
     def group_alive(self) -> bool:
         """Whether any process of this server still runs (never looks at a recycled group)."""
@@ -354,80 +355,6 @@ class ServerProcess:
     def __repr__(self) -> str:
         state = "alive" if self.alive() else f"exited {self.returncode}"
         return f"ServerProcess({self.name!r}, pid={self.pid}, {state})"
-
-
-# ---- process groups ----------------------------------------------------------------------
-
-
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...; the
-    name may hold spaces and parentheses), or None when there is no such process or no /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields if len(fields) > 19 else None
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22):
-    with the pid, it names one process, whereas a pid alone may be recycled. None when there
-    is no such process (or no /proc)."""
-    fields = proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def _same_process(pid: int, start_ticks: int) -> bool:
-    """``pid`` still runs (not a zombie) and is the process that started at ``start_ticks``."""
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X") and int(fields[19]) == start_ticks
-
-
-def signal_process(pid: int, start_ticks: int, sig: int) -> bool:
-    """Send ``sig`` to ``pid`` only if it is the process that started at ``start_ticks``;
-    through a pidfd (opened, then checked), so the pid cannot be recycled in between.
-    Returns whether the signal was sent."""
-    pidfd_open = getattr(os, "pidfd_open", None)
-    send = getattr(signal, "pidfd_send_signal", None)
-    if pidfd_open is None or send is None:
-        if not _same_process(pid, start_ticks):
-            return False
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    try:
-        fd = pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        if not _same_process(pid, start_ticks):
-            return False
-        send(fd, sig)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def group_members(pgid: int, *, zombies: bool = False) -> list[int]:
-    """Pids whose process group is ``pgid`` (Linux /proc; empty elsewhere); zombies (dead,
-    waiting for a parent to reap them) only when asked."""
-    out: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for e in entries:
-        if not e.isdigit():
-            continue
-        fields = proc_stat(e)
-        if fields and int(fields[2]) == pgid and (zombies or fields[0] not in ("Z", "X")):
-            out.append(int(e))
-    return out
 
 
 # ---- registry and clean-up ---------------------------------------------------------------

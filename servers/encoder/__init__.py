@@ -4,7 +4,8 @@ Run it with ``python -m servers.encoder --model PATH --served-name NAME --port P
 the app in-process with ``create_app(load_encoder(path), EncoderSettings(...))``.
 """
 
-from servers.encoder.app import ApiError, EncoderSettings, create_app
+from servers.encoder.api import ApiError
+from servers.encoder.app import EncoderSettings, create_app
 from servers.encoder.batcher import MicroBatcher, QueueFull
 from servers.encoder.model import EncoderModel, load_encoder
 

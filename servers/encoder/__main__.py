@@ -7,6 +7,11 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from servers.encoder.app import EncoderSettings
+    from servers.encoder.model import EncoderModel
 
 log = logging.getLogger("servers.encoder")
 
@@ -71,10 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import uvicorn
 
-    from servers.encoder.app import EncoderSettings, create_app
-    from servers.encoder.model import limit_cuda_memory, load_encoder, pick_device, warm_up
+    from servers.encoder.app import create_app
 
     transformers.logging.set_verbosity_error()  # no "sequence longer than" per request
+    app = create_app(_load(args), _settings(args))
+    log.info("serving %s on http://%s:%d", args.served_name, args.host, args.port)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> EncoderModel:
+    """The model on its device (within its memory share where that is enforced), warmed up."""
+    from servers.encoder.model import limit_cuda_memory, load_encoder, pick_device, warm_up
+
     t0 = time.monotonic()
     device = pick_device(args.device)
     if args.memory_share is not None:
@@ -109,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         "largest batch" if full else "small batch",
         time.monotonic() - t1,
     )
-    settings = EncoderSettings(
+    return model
+
+
+def _settings(args: argparse.Namespace) -> EncoderSettings:
+    from servers.encoder.app import EncoderSettings
+
+    return EncoderSettings(
         served_name=args.served_name,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
@@ -119,17 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key,
         memory_share=args.memory_share,
     )
-    app = create_app(model, settings)
-    log.info("serving %s on http://%s:%d", args.served_name, args.host, args.port)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import yaml
 
-from servers.process import group_members
+from servers.proctable import group_members
 from workloads.records import REQUEST_SCHEMA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -20,16 +20,12 @@ import numpy as np
 import pytest
 
 from servers.errors import ServerDiedError
-from servers.launch import (
-    RunningTenant,
-    dead_tenants,
-    kv_info_from_log,
-    read_kv_cache_info,
-    start_tenant,
-)
+from servers.launch import RunningTenant, dead_tenants, read_kv_cache_info, start_tenant
 from servers.presets import model_config
-from servers.process import group_members, read_tail
+from servers.process import read_tail
+from servers.proctable import group_members
 from servers.spec import EncoderTenant, VllmTenant
+from servers.vllm import kv_info_from_log
 
 pytestmark = pytest.mark.e2e
 

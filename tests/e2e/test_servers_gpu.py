@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers.launch import RunningTenant, read_kv_cache_info, start_tenant, vllm_backend
-from servers.process import group_members
+from servers.launch import RunningTenant, read_kv_cache_info, start_tenant
+from servers.proctable import group_members
 from servers.spec import EncoderTenant, VllmTenant
+from servers.vllm import vllm_backend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gpu, pytest.mark.slow]
 

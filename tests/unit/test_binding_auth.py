@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from orchestrator.spec import load_spec
-from servers import launch
-from servers.launch import encoder_argv_env, launch_tenant, vllm_argv_env
+from servers import launch, vllm
+from servers.launch import encoder_argv_env, launch_tenant
 from servers.presets import ResolvedModel
 from servers.spec import EncoderTenant, VllmTenant
+from servers.vllm import vllm_argv_env
 
 HERE = str(Path(__file__).parent)
 LOCAL = ResolvedModel(HERE, HERE, True, None, "tiny-llama")  # any folder: a local model
@@ -123,7 +124,7 @@ def test_launching_a_tenant_binds_loopback_and_clients_carry_the_key(
 ) -> None:
     """The path `cotenant up` and `run` take (ResidentSet -> start_tenant -> launch_tenant)."""
     monkeypatch.setattr(launch, "ServerProcess", _FakeProcess)
-    monkeypatch.setattr(launch, "vllm_module", lambda: "vllm.entrypoints.openai.api_server")
+    monkeypatch.setattr(vllm, "vllm_module", lambda: "vllm.entrypoints.openai.api_server")
     tenant: VllmTenant | EncoderTenant
     if kind == "vllm":
         tenant = VllmTenant(name="llm", model="tiny-llama", api_key="k")

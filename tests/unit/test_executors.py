@@ -295,7 +295,7 @@ def test_orphan_guard_never_signals_a_recycled_group(monkeypatch):
     recycled, pid_max is often 32768): the guard leaves it alone and kills only its own."""
     import servers.process
     from orchestrator.executors import OrphanGuard
-    from servers.process import proc_start_ticks
+    from servers.proctable import proc_start_ticks
 
     monkeypatch.setattr(servers.process, "running_servers", lambda: [])
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from servers import launch
-from servers.launch import (
-    encoder_argv_env,
+from servers import vllm
+from servers.env import REPO_ROOT
+from servers.launch import encoder_argv_env
+from servers.presets import ResolvedModel
+from servers.spec import EncoderTenant, VllmTenant
+from servers.vllm import (
     kv_info_from_labels,
     kv_info_from_log,
     parse_cache_config_info,
     vllm_argv_env,
 )
-from servers.presets import ResolvedModel
-from servers.spec import EncoderTenant, VllmTenant
 
 LOCAL = ResolvedModel(
     str(Path(__file__).parent), str(Path(__file__).parent), True, None, "tiny-llama"
@@ -109,10 +110,10 @@ def test_hf_ids_are_not_forced_offline(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_vllm_port_bases_differ() -> None:
-    bases = {launch.vllm_port_base() for _ in range(4)}
+    bases = {vllm.vllm_port_base() for _ in range(4)}
     assert len(bases) == 4
-    assert all(launch.VLLM_PORT_RANGE[0] <= b < launch.VLLM_PORT_RANGE[1] for b in bases)
-    assert min(abs(a - b) for a in bases for b in bases if a != b) >= launch.VLLM_PORT_SPAN
+    assert all(vllm.VLLM_PORT_RANGE[0] <= b < vllm.VLLM_PORT_RANGE[1] for b in bases)
+    assert min(abs(a - b) for a in bases for b in bases if a != b) >= vllm.VLLM_PORT_SPAN
 
 
 def test_share_is_validated(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_encoder_argv() -> None:
     assert flag(argv, "--max-items") == "50" and flag(argv, "--memory-share") == "0.125"
     assert flag(argv, "--device") == "cuda" and "--random-weights" in argv
     assert "--api-key" not in argv and env["COTENANT_ENCODER_API_KEY"] == "k"
-    assert str(launch.REPO_ROOT) in env["PYTHONPATH"].split(":")
+    assert str(REPO_ROOT) in env["PYTHONPATH"].split(":")
 
 
 def test_the_encoder_cli_accepts_what_the_launcher_writes() -> None:
@@ -164,7 +165,7 @@ def test_the_encoder_cli_accepts_what_the_launcher_writes() -> None:
 def test_vllm_module_is_the_non_deprecated_one() -> None:
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed")
-    assert launch.vllm_module() == "vllm.entrypoints.launchers.api_server.entry"
+    assert vllm.vllm_module() == "vllm.entrypoints.launchers.api_server.entry"
 
 
 METRICS = """\
@@ -208,7 +209,7 @@ def test_kv_info_from_log() -> None:
 def test_cpu_memory_total_is_what_vllm_cpu_reads() -> None:
     import psutil
 
-    total = launch.cpu_memory_total_bytes()
+    total = vllm.cpu_memory_total_bytes()
     assert 0 < total <= psutil.virtual_memory().total * 1.01
     node = Path("/sys/devices/system/node/node0/meminfo")
     if node.is_file():

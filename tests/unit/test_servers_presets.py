@@ -11,6 +11,7 @@ import pytest
 
 from servers import presets
 from servers.errors import PresetError
+from servers.presets import build as preset_build
 from servers.spec import EncoderTenant, VllmTenant
 
 
@@ -200,7 +201,7 @@ def test_failed_build_leaves_nothing(cache: Path, monkeypatch: pytest.MonkeyPatc
     def crash(*args: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(presets, "_write_random_llama", crash)
+    monkeypatch.setattr(preset_build, "_write_random_llama", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         presets.build_preset("tiny-llama")
     assert not (cache / "models" / "tiny-llama").exists()
@@ -253,7 +254,7 @@ def test_shape_encoder_without_the_minilm_package(
     def absent(name: str) -> Path:
         raise PresetError("no package")
 
-    monkeypatch.setattr(presets, "_real_encoder_path", absent)
+    monkeypatch.setattr(preset_build, "real_encoder_path", absent)
     path = presets.build_preset("bge-base-shape")
     stamp = json.loads((path / presets.STAMP_FILE).read_text())
     assert stamp["tokenizer"] == "synthetic-wordpiece"

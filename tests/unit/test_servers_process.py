@@ -14,14 +14,8 @@ import pytest
 
 from servers import process as sp
 from servers.errors import PortInUseError, ServerDiedError, ServerStartError
-from servers.process import (
-    ServerProcess,
-    free_port,
-    group_members,
-    port_in_use,
-    proc_start_ticks,
-    signal_process,
-)
+from servers.process import ServerProcess, free_port, port_in_use
+from servers.proctable import group_members, proc_start_ticks, process_state, signal_process
 
 SERVER = textwrap.dedent(
     """
@@ -295,8 +289,9 @@ def test_a_recycled_group_id_is_never_signalled(script: Path, tmp_path: Path, mo
     while (p.alive() or p.members()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not p.alive() and p.members() == []
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                start_new_session=True)
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
     try:
         assert p._proc is not None
         p._proc.pid = stranger.pid  # as if the kernel had given the old number to the stranger
@@ -360,3 +355,42 @@ def test_stop_continues_a_stopped_server(script: Path, tmp_path: Path) -> None:
     t0 = time.monotonic()
     rc = p.stop(grace_s=8)
     assert rc == -signal.SIGTERM and time.monotonic() - t0 < 5
+
+
+def test_start_ticks_are_the_guards_unit() -> None:
+    """The orphan guard (orchestrator.executors) reads a group leader's start time from
+    /proc/<pid>/stat itself (field 22, clock ticks since boot) and compares it with ours."""
+    import subprocess
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc")
+    c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (os.getpid(), c.pid):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            assert proc_start_ticks(pid) == int(fields[19])
+    finally:
+        c.kill()
+        c.wait()
+    assert proc_start_ticks(c.pid) is None
+
+
+def test_process_state_names_a_stopped_process() -> None:
+    import subprocess
+
+    c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_state(c.pid) in ("running", "sleeping")
+        os.kill(c.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while process_state(c.pid) != "stopped (SIGSTOP?)" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process_state(c.pid) == "stopped (SIGSTOP?)"
+        c.kill()
+        c.wait()
+        assert process_state(c.pid) == "state unknown"
+        assert process_state(None) == "state unknown"
+    finally:
+        c.kill()
+        c.wait()

@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.mps import PID_FILE, MpsDaemon, MpsError
+from servers.errors import ServerError
+from servers.mps import PID_FILE, MpsDaemon, MpsError
 
 FAKE_CONTROL = r"""#!{python}
 import os, socket, sys, time
@@ -127,7 +127,7 @@ def test_missing_binary_says_what_is_missing(
     with pytest.raises(MpsError, match="nvidia-cuda-mps-control not found") as e, MpsDaemon(*dirs):
         pass
     assert "time-slice" in str(e.value)
-    assert isinstance(e.value, OrchestratorError)
+    assert isinstance(e.value, ServerError)
 
 
 def test_binary_without_execute_permission(

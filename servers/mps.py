@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator.errors import OrchestratorError
+from servers.errors import ServerError
 
 MPS_CONTROL = "nvidia-cuda-mps-control"
 PID_FILE = "nvidia-cuda-mps-control.pid"
@@ -38,7 +38,7 @@ START_OUTPUT = "cotenant-mps-start.out"
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL (Linux)
 
 
-class MpsError(OrchestratorError):
+class MpsError(ServerError):
     """MPS cannot be used: the binary is missing, a folder is not writable, the daemon fails."""
 
 

