@@ -215,7 +215,7 @@ def synthesize(run_dir: Path, rows: int, experiments: int, seed: int = 0) -> dic
 def _lazy(run_dir: Path) -> dict[str, Any]:
     from reports.aggregate import latency_cdf
     from reports.analysis import analyze
-    from reports.rundir import load_run
+    from rundir.reader import load_run
 
     run = load_run(run_dir)
     t0 = time.perf_counter()
@@ -232,7 +232,7 @@ def _eager(run_dir: Path) -> dict[str, Any]:
 
     from reports.aggregate import _derived, _stat_exprs, windows_frame
     from reports.metrics import LATENCIES
-    from reports.rundir import load_run
+    from rundir.reader import load_run
 
     run = load_run(run_dir)
     t0 = time.perf_counter()

@@ -1,18 +1,17 @@
-"""The orchestrator's errors, and the set of errors the CLI shows as one clean message.
+"""The orchestrator's errors.
 
 Each package owns the root of its own errors (``ServerError``, ``WorkloadError``,
-``ReportError``) so that the package borders hold; ``USER_ERRORS`` gathers them for
-the CLI, which turns any of them into one line and a non-zero exit code.
+``ReportError``, ``OrchestratorError``, and ``RunDirError`` for the run directory) so that
+the package borders hold; all derive from ``rundir.base.CotenantError``, which the CLI
+turns into one line and a non-zero exit code.
 """
 
 from __future__ import annotations
 
-from reports.errors import ReportError
-from servers.errors import ServerError
-from workloads.errors import WorkloadError
+from rundir.base import CotenantError
 
 
-class OrchestratorError(Exception):
+class OrchestratorError(CotenantError):
     """Root of the orchestrator's errors."""
 
 
@@ -30,11 +29,3 @@ class CampaignError(OrchestratorError):
 
 class ExperimentFailed(OrchestratorError):
     """One experiment failed; the campaign records it and goes on."""
-
-
-USER_ERRORS: tuple[type[Exception], ...] = (
-    OrchestratorError,
-    ServerError,
-    WorkloadError,
-    ReportError,
-)

@@ -29,8 +29,8 @@ import polars as pl
 
 from reports.errors import ReportError
 from reports.metrics import LATENCIES, QUANTILES
-from reports.rundir import Experiment, RunDir
-from workloads.records import REQUEST_SCHEMA, SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
+from rundir.reader import ExperimentRecord, RunDir
+from rundir.schema import REQUEST_SCHEMA, SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
 
 REQUEST_COLUMNS = (
     "experiment_id",
@@ -246,7 +246,7 @@ def experiments_frame(run: RunDir) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def _offered(e: Experiment, tenant: str) -> float | None:
+def _offered(e: ExperimentRecord, tenant: str) -> float | None:
     w = (e.manifest.get("workloads") or {}).get(tenant) or {}
     v = w.get("offered_rate")
     return None if v is None else float(v)
@@ -565,7 +565,7 @@ def latency_cdf(
     ).select("group_id", "tenant", "p", "value_s").sort("group_id", "tenant", "p")
 
 
-def request_rate_series(e: Experiment, bin_s: float = 1.0) -> pl.DataFrame:
+def request_rate_series(e: ExperimentRecord, bin_s: float = 1.0) -> pl.DataFrame:
     """Requests sent per second, per tenant, over the whole experiment (all rows)."""
     f = e.file("requests.parquet")
     if not f.is_file():
@@ -582,7 +582,7 @@ def request_rate_series(e: Experiment, bin_s: float = 1.0) -> pl.DataFrame:
     )
 
 
-def telemetry_series(e: Experiment) -> pl.DataFrame:
+def telemetry_series(e: ExperimentRecord) -> pl.DataFrame:
     f = e.file("telemetry.parquet")
     if not f.is_file():
         return pl.DataFrame(schema=TELEMETRY_SCHEMA)

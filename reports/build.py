@@ -13,8 +13,8 @@ from reports.analysis import Analysis, analyze
 from reports.errors import ReportError
 from reports.html import render
 from reports.markdown import summary_markdown
-from reports.rundir import Experiment, load_run
-from workloads.fileio import atomic_write_parquet, atomic_write_text
+from rundir.io import atomic_write_parquet, atomic_write_text
+from rundir.reader import ExperimentRecord, load_run
 
 # at most this many per-experiment timelines are drawn (then: first repetition of each set)
 MAX_TIMELINES = 48
@@ -55,11 +55,11 @@ def _tables(a: Analysis) -> dict[str, pl.DataFrame]:
     }
 
 
-def _timeline_experiments(a: Analysis, limit: int) -> list[Experiment]:
+def _timeline_experiments(a: Analysis, limit: int) -> list[ExperimentRecord]:
     done = a.run.completed
     if len(done) <= limit:
         return done
-    first: dict[str, Experiment] = {}
+    first: dict[str, ExperimentRecord] = {}
     for e in done:
         first.setdefault(e.group_id, e)
     return list(first.values())[:limit]

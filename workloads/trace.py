@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rundir.io import atomic_write_bytes, atomic_write_parquet
 from workloads.errors import TraceFormatError
-from workloads.fileio import atomic_write_bytes, atomic_write_parquet
 
 TRACE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "arrival_s": pl.Float64,

@@ -426,7 +426,7 @@ def test_disk_full_enospc_writer(tmp_path, monkeypatch, record_property):
     from orchestrator.errors import CampaignError
     from orchestrator.runner import run_campaign
     from orchestrator.spec import load_spec
-    from workloads import records
+    from rundir import io as records
 
     spec_path = write_spec(tmp_path, "enospc", [ENC], {"enc": ENC_LOAD},
                            experiment={"repetitions": 2, "duration_s": 2})

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workloads.fileio import atomic_write_json, atomic_write_parquet, atomic_write_text
-from workloads.records import TELEMETRY_SCHEMA, rows_to_frame
+from rundir.io import atomic_write_json, atomic_write_parquet, atomic_write_text
+from rundir.schema import TELEMETRY_SCHEMA, rows_to_frame
 
 TELEMETRY_COLUMNS = TELEMETRY_SCHEMA
 SERVER_METRICS_COLUMNS: dict[str, Any] = {
