@@ -72,7 +72,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    from rundir.base import CotenantError
+    from rundir.errors import CotenantError
 
     try:
         return cli.main(args=argv, standalone_mode=False)

@@ -2,13 +2,13 @@
 
 Each package owns the root of its own errors (``ServerError``, ``WorkloadError``,
 ``ReportError``, ``OrchestratorError``, and ``RunDirError`` for the run directory) so that
-the package borders hold; all derive from ``rundir.base.CotenantError``, which the CLI
+the package borders hold; all derive from ``rundir.errors.CotenantError``, which the CLI
 turns into one line and a non-zero exit code.
 """
 
 from __future__ import annotations
 
-from rundir.base import CotenantError
+from rundir.errors import CotenantError
 
 
 class OrchestratorError(CotenantError):
@@ -24,8 +24,5 @@ class PlanError(OrchestratorError):
 
 
 class CampaignError(OrchestratorError):
-    """A campaign cannot go on (a broken run directory, a resume that does not match)."""
-
-
-class ExperimentFailed(OrchestratorError):
-    """One experiment failed; the campaign records it and goes on."""
+    """A campaign cannot go on (a run directory in the way, a resume that does not match, a
+    full disk); a run directory that breaks the contract is a ``rundir.errors.RunDirError``."""

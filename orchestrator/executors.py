@@ -201,8 +201,8 @@ def record_failed(ctx: Any, exp: Experiment, reason: str, *, host: str | None = 
     writing it). Otherwise (or with ``fresh``: a Ray task, whose files never arrived) a new
     manifest is written."""
     from orchestrator.runner import _manifest
-    from rundir.base import RunDirError
     from rundir.envelope import Manifest
+    from rundir.errors import RunDirError
     from rundir.io import read_json, salvage_requests
 
     exp_dir = ctx.run_dir / exp.id

@@ -70,7 +70,8 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
 
     ``out_dir`` defaults to the run directory itself: report.html, summary.md,
     tables/*.parquet + *.csv, figures/*.svg + *.png. Every file is written atomically.
-    Raises ``ReportError`` for a run directory that cannot be read.
+    Raises ``RunDirError`` for a run directory that cannot be read, ``ReportError`` for one
+    with nothing completed to report on.
     """
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.path

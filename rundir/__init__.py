@@ -1,6 +1,7 @@
 """The run directory (docs/run-directory.md): the contract between running and reporting.
 
-- `rundir.base`: the strict pydantic base, the error root ``CotenantError`` and ``RunDirError``;
+- `rundir.base`: the one strict pydantic base; `rundir.errors`: the error root
+  ``CotenantError`` and ``RunDirError``;
 - `rundir.schema`: the row schemas of requests, telemetry and server metrics;
 - `rundir.io`: files written whole or not at all, the append-only JSONL, the one JSON
   reader and the one salvage of ``requests.jsonl``;

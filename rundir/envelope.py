@@ -18,18 +18,19 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
 
-from rundir.base import RunDirError, StrictModel
+from rundir.base import StrictModel
+from rundir.errors import RunDirError
 from rundir.io import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})  # what the loaders read
 
-EXPERIMENT_STATUSES = ("running", "completed", "failed", "interrupted")
-Status = Literal["running", "completed", "failed", "interrupted"]
+Status = Literal["running", "completed", "failed", "interrupted"]  # an experiment's, a campaign's
+EXPERIMENT_STATUSES: tuple[str, ...] = get_args(Status)
 
 SECRET = "**********"  # what a secret is written as (pydantic's SecretStr shows the same)
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from rundir.base import RunDirError
+from rundir.errors import RunDirError
 
 ALL = "all"  # the resident label of an experiment where every tenant is resident
 _SCALE = re.compile(r"^x(?P<v>[0-9][0-9.e+-]*|inf)$")

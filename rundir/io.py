@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import polars as pl
 
-from rundir.base import RunDirError
+from rundir.errors import RunDirError
 from rundir.schema import empty_requests_frame, rows_to_frame
 
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rundir.base import RunDirError
 from rundir.envelope import load_campaign, load_manifest
+from rundir.errors import RunDirError
 from rundir.ids import ExperimentId
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rundir.base import CotenantError
+from rundir.errors import CotenantError
 
 
 class ServerError(CotenantError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rundir.base import CotenantError
+from rundir.errors import CotenantError
 
 
 class WorkloadError(CotenantError):

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from orchestrator.campaign import plan_campaign
 from orchestrator.errors import SpecError
 from orchestrator.spec import CampaignSpec, expand_sets, load_spec
-from rundir.base import CotenantError
+from rundir.errors import CotenantError
 from workloads.errors import TraceFormatError
 from workloads.importers import ImportResult, import_trace
 from workloads.trace import make_trace, normalize_trace, save_trace

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from reports.aggregate import experiment_table, latency_cdf
-from rundir.base import RunDirError
+from rundir.errors import RunDirError
 from rundir.reader import load_run
 from tests.unit.runfixtures import manifest, request_row, write_campaign, write_experiment
 

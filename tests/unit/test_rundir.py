@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from rundir import io as rio
-from rundir.base import CotenantError, RunDirError
 from rundir.envelope import (
     SCHEMA_VERSION,
     CampaignEnvelope,
@@ -28,6 +27,7 @@ from rundir.envelope import (
     read_campaign,
     write_campaign,
 )
+from rundir.errors import CotenantError, RunDirError
 from rundir.ids import ExperimentId, group_id, group_label
 from rundir.io import JsonlAppender, read_json, salvage_requests
 from rundir.schema import REQUEST_SCHEMA, SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
