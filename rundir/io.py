@@ -198,7 +198,8 @@ def compact_jsonl(jsonl: str | Path, parquet: str | Path) -> pl.DataFrame:
     return df
 
 
-def salvage_requests(exp_dir: str | Path, *, keep: bool = False) -> tuple[pl.DataFrame, OSError | None]:
+def salvage_requests(exp_dir: str | Path, *,
+                     keep: bool = False) -> tuple[pl.DataFrame, OSError | None]:
     """Compact an experiment's ``requests.jsonl`` into ``requests.parquet`` (written whole or
     not at all) and return its rows: the one salvage of what an experiment measured, whether
     it completed, failed or was interrupted (a torn last line is skipped; no jsonl: no rows,

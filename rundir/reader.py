@@ -173,9 +173,8 @@ def load_run(run_dir: str | Path) -> RunDir:
             raise RunDirError(f"{edir}: {e}") from None
         mpath = edir / "manifest.json"
         if not mpath.is_file():
-            experiments.append(
-                ExperimentRecord(eid, edir, {"experiment_id": eid}, "missing", "not run (no manifest.json)")
-            )
+            experiments.append(ExperimentRecord(eid, edir, {"experiment_id": eid}, "missing",
+                                                "not run (no manifest.json)"))
             continue
         m = load_manifest(mpath)
         status = str(m.get("status") or "running")
@@ -184,5 +183,6 @@ def load_run(run_dir: str | Path) -> RunDir:
             status, reason = "broken", "completed, but requests.parquet is missing"
         elif status == "running":
             reason = reason or "still running, or the run stopped without marking it"
-        experiments.append(ExperimentRecord(eid, edir, m, status, None if reason is None else str(reason)))
+        experiments.append(
+            ExperimentRecord(eid, edir, m, status, None if reason is None else str(reason)))
     return RunDir(path, campaign, experiments)

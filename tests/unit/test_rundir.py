@@ -248,7 +248,8 @@ def test_the_campaign_plan_builds_its_ids_here(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     for e in plan_campaign(spec).experiments:
         eid = ExperimentId.parse(e.id)
-        assert (eid.active, eid.rate_scale, eid.repetition) == (e.active, e.rate_scale, e.repetition)
+        assert eid.active == e.active
+        assert (eid.rate_scale, eid.repetition) == (e.rate_scale, e.repetition)
         assert e.id == experiment_id(spec, e.resident, e.active, e.rate_scale, e.repetition)
 
 
@@ -283,7 +284,8 @@ def test_salvage_compacts_what_was_measured(tmp_path: Path) -> None:
     assert pl.read_parquet(tmp_path / "requests.parquet").equals(df)
     empty = tmp_path / "none"
     df, err = salvage_requests(empty)  # nothing measured: an empty requests.parquet
-    assert err is None and df.height == 0 and pl.read_parquet(empty / "requests.parquet").height == 0
+    assert err is None and df.height == 0
+    assert pl.read_parquet(empty / "requests.parquet").height == 0
 
 
 def test_salvage_after_a_stop_keeps_what_is_there(tmp_path: Path) -> None:
