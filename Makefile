@@ -35,7 +35,7 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator servers workloads reports tests benchmarks
+	$(BIN)/ruff check orchestrator servers workloads reports rundir tests benchmarks
 	$(BIN)/mypy
 
 clean:

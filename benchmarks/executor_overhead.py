@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from workloads.records import REQUEST_SCHEMA  # noqa: E402
+from rundir.schema import REQUEST_SCHEMA  # noqa: E402
 
 MB = 1e6
 

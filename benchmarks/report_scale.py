@@ -215,7 +215,7 @@ def synthesize(run_dir: Path, rows: int, experiments: int, seed: int = 0) -> dic
 def _lazy(run_dir: Path) -> dict[str, Any]:
     from reports.analysis import analyze
     from reports.request_figures import latency_cdf
-    from reports.rundir import load_run
+    from rundir.reader import load_run
 
     run = load_run(run_dir)
     t0 = time.perf_counter()
@@ -232,8 +232,8 @@ def _eager(run_dir: Path) -> dict[str, Any]:
 
     from reports.metrics import LATENCIES
     from reports.request_figures import _derived, _stat_exprs
-    from reports.rundir import load_run
     from reports.scan import windows_frame
+    from rundir.reader import load_run
 
     run = load_run(run_dir)
     t0 = time.perf_counter()

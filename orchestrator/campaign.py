@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.spec import CampaignSpec, expand_sets
+from rundir.ids import ExperimentId
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,10 @@ class CampaignPlan:
         return starts + per_exp * len(self.experiments)
 
 
-def _fmt_scale(s: float) -> str:
-    return f"{s:g}"
-
-
 def experiment_id(spec: CampaignSpec, resident: tuple[str, ...], active: tuple[str, ...],
                   rate_scale: float, rep: int) -> str:
-    res = "all" if set(resident) == set(spec.tenant_names) else "+".join(resident)
-    return f"{'+'.join(active)}__{res}__x{_fmt_scale(rate_scale)}__r{rep}"
+    """The id of one experiment (``rundir.ids``: built and parsed there)."""
+    return ExperimentId.of(active, resident, spec.tenant_names, rate_scale, rep).format()
 
 
 def _seed(*parts: object) -> int:

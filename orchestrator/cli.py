@@ -72,7 +72,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    from orchestrator.errors import USER_ERRORS
+    from rundir.errors import CotenantError
 
     try:
         return cli.main(args=argv, standalone_mode=False)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> Any:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except USER_ERRORS as e:
+    except CotenantError as e:  # every package's errors: one line, exit code 2
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
     except KeyboardInterrupt:

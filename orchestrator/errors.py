@@ -1,18 +1,17 @@
-"""The orchestrator's errors, and the set of errors the CLI shows as one clean message.
+"""The orchestrator's errors.
 
 Each package owns the root of its own errors (``ServerError``, ``WorkloadError``,
-``ReportError``) so that the package borders hold; ``USER_ERRORS`` gathers them for
-the CLI, which turns any of them into one line and a non-zero exit code.
+``ReportError``, ``OrchestratorError``, and ``RunDirError`` for the run directory) so that
+the package borders hold; all derive from ``rundir.errors.CotenantError``, which the CLI
+turns into one line and a non-zero exit code.
 """
 
 from __future__ import annotations
 
-from reports.errors import ReportError
-from servers.errors import ServerError
-from workloads.errors import WorkloadError
+from rundir.errors import CotenantError
 
 
-class OrchestratorError(Exception):
+class OrchestratorError(CotenantError):
     """Root of the orchestrator's errors."""
 
 
@@ -25,16 +24,5 @@ class PlanError(OrchestratorError):
 
 
 class CampaignError(OrchestratorError):
-    """A campaign cannot go on (a broken run directory, a resume that does not match)."""
-
-
-class ExperimentFailed(OrchestratorError):
-    """One experiment failed; the campaign records it and goes on."""
-
-
-USER_ERRORS: tuple[type[Exception], ...] = (
-    OrchestratorError,
-    ServerError,
-    WorkloadError,
-    ReportError,
-)
+    """A campaign cannot go on (a run directory in the way, a resume that does not match, a
+    full disk); a run directory that breaks the contract is a ``rundir.errors.RunDirError``."""

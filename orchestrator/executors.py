@@ -200,26 +200,24 @@ def record_failed(ctx: Any, exp: Experiment, reason: str, *, host: str | None = 
     it said and becomes ``failed``; at ``completed`` it stands (the worker died after
     writing it). Otherwise (or with ``fresh``: a Ray task, whose files never arrived) a new
     manifest is written."""
-    from orchestrator.results import Manifest
     from orchestrator.runner import _manifest
-    from workloads.fileio import read_json
-    from workloads.records import compact_jsonl
+    from rundir.envelope import Manifest
+    from rundir.errors import RunDirError
+    from rundir.io import read_json, salvage_requests
 
     exp_dir = ctx.run_dir / exp.id
     path = exp_dir / "manifest.json"
     old: dict[str, Any] | None = None
     if not fresh:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(RunDirError):
             old = read_json(path) if path.exists() else None
         if old and old.get("status") not in ("running", "completed"):
             old = None  # from an earlier run, not this attempt
     if old and old.get("status") == "completed":
         counts = old.get("counts") or {}
         return ExperimentOutcome(exp, "completed", None, int(sum(counts.values())), 0)
-    jsonl = exp_dir / "requests.jsonl"
-    if jsonl.exists() and not (exp_dir / "requests.parquet").exists():
-        with contextlib.suppress(Exception):  # what was measured stays readable
-            compact_jsonl(jsonl, exp_dir / "requests.parquet")
+    with contextlib.suppress(Exception):  # what was measured stays readable
+        salvage_requests(exp_dir, keep=True)
     if old:
         m = Manifest(exp_dir, {k: v for k, v in old.items() if k != "schema_version"})
     else:
@@ -671,8 +669,8 @@ def ray_group_task(payload: dict[str, Any], label: str, pending: list[Experiment
     as a local run numbers them, and are not sent back."""
     import ray
 
-    from orchestrator.envelope import host_info
     from orchestrator.runner import GroupContext, run_group
+    from rundir.envelope import host_info
 
     ids = ray.get_gpu_ids()
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -887,7 +885,7 @@ class RayExecutor(_Base):
         that says completed always has its files."""
         import json
 
-        from workloads.fileio import atomic_write_bytes, atomic_write_json
+        from rundir.io import atomic_write_bytes, atomic_write_json
 
         t0 = time.perf_counter()
         manifests = []

@@ -24,8 +24,7 @@ import polars as pl
 from orchestrator.campaign import Experiment
 from orchestrator.residents import ResidentSet
 from orchestrator.spec import CampaignSpec
-from workloads.fileio import atomic_write_text
-from workloads.records import compact_jsonl
+from rundir.io import atomic_write_text, salvage_requests
 
 if TYPE_CHECKING:
     from workloads.replayer import Api
@@ -261,13 +260,11 @@ def run_experiment(
             with contextlib.suppress(Exception):
                 sampler.stop()
                 sampler.write(exp_dir / "telemetry.parquet")
-        try:
-            df = compact_jsonl(jsonl, exp_dir / "requests.parquet")
-        except OSError as e:  # written whole or not at all: nothing half-written is left
-            df = _rows(jsonl)
-            why = f"requests.parquet not written: {e}"
-            if disk_full(e):
-                fatal = fatal or f"disk full: {e}"
+        df, not_written = salvage_requests(exp_dir)
+        if not_written is not None:  # written whole or not at all: nothing half-written is left
+            why = f"requests.parquet not written: {not_written}"
+            if disk_full(not_written):
+                fatal = fatal or f"disk full: {not_written}"
             reason = f"{reason}; {why}" if reason else why
             if status == "completed":
                 status = "failed"
@@ -279,12 +276,3 @@ def run_experiment(
     errors = int(df.filter(pl.col("status") != "ok").height) if df.height else 0
     return ExperimentOutcome(exp, status, reason, df.height, errors, fatal=fatal)
 
-
-def _rows(jsonl: Path) -> pl.DataFrame:
-    from workloads.fileio import read_jsonl_rows
-    from workloads.records import empty_requests_frame, rows_to_frame
-
-    try:
-        return rows_to_frame(read_jsonl_rows(jsonl))
-    except OSError:
-        return empty_requests_frame()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.planner import MemoryPlan
-from orchestrator.results import tail
+from rundir.io import tail
 from servers.errors import ServerError
 from servers.spec import EncoderTenant, VllmTenant
 

@@ -16,7 +16,6 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.campaign import CampaignPlan, Experiment, plan_campaign
-from orchestrator.envelope import host_info, utc_now, versions
 from orchestrator.errors import CampaignError
 from orchestrator.experiment import (
     ExperimentOutcome,
@@ -27,8 +26,18 @@ from orchestrator.experiment import (
 )
 from orchestrator.planner import GiB, MemoryPlan, plan_memory, tenant_need
 from orchestrator.residents import ResidentSet
-from orchestrator.results import Manifest, experiment_status, read_campaign, write_campaign
 from orchestrator.spec import CampaignSpec
+from rundir.envelope import (
+    Manifest,
+    experiment_status,
+    host_info,
+    mask_secrets,
+    read_campaign,
+    utc_now,
+    versions,
+    write_campaign,
+)
+from rundir.io import salvage_requests
 from servers.errors import ServerError
 
 
@@ -97,7 +106,8 @@ def prepare_run_dir(out_root: Path, spec: CampaignSpec, *, resume: bool, overwri
                 f"{run_dir} already holds a campaign; --resume finishes it, --overwrite replaces it"
             )
         shutil.rmtree(run_dir)
-    if existing and resume and existing.get("spec") != spec.model_dump(mode="json"):
+    # campaign.json holds the spec with its secrets masked: compare masked to masked
+    if existing and resume and existing.get("spec") != mask_secrets(spec.model_dump(mode="json")):
         raise CampaignError(
             f"{run_dir}: the spec changed since this campaign started; resume needs the same spec "
             "(or use --overwrite, or a different name)"
@@ -388,15 +398,11 @@ def _mark_interrupted(m: Manifest) -> None:
     """Ctrl-C (or SIGTERM) wherever it came in the experiment, even in the middle of writing
     its results: a manifest left at running says interrupted, and what was measured is
     compacted into requests.parquet if that was not written yet."""
-    from workloads.records import compact_jsonl
-
     exp_dir = m.path.parent
     if experiment_status(exp_dir) not in ("running", None):
         return  # it finished (completed, failed) before the interrupt
     with contextlib.suppress(Exception):
-        jsonl = exp_dir / "requests.jsonl"
-        if jsonl.exists() and not (exp_dir / "requests.parquet").exists():
-            compact_jsonl(jsonl, exp_dir / "requests.parquet")
+        salvage_requests(exp_dir, keep=True)
     with contextlib.suppress(OSError):
         m.finish("interrupted", "interrupted by the user (SIGINT/SIGTERM)")
 

@@ -29,8 +29,8 @@ import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.telemetry import Clock, Periodic
-from workloads.fileio import atomic_write_parquet
-from workloads.records import SERVER_METRICS_SCHEMA
+from rundir.io import atomic_write_parquet
+from rundir.schema import SERVER_METRICS_SCHEMA, rows_to_frame
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,7 @@ class MetricsScraper:
         """The rows so far, as a frame with ``SERVER_METRICS_SCHEMA``."""
         with self._lock:
             rows = list(self._rows)
-        cols = {name: [r.get(name) for r in rows] for name in SERVER_METRICS_SCHEMA}
-        return pl.DataFrame(cols, schema=SERVER_METRICS_SCHEMA)
+        return rows_to_frame(rows, SERVER_METRICS_SCHEMA)
 
     def write(self, path: str | Path) -> pl.DataFrame:
         """Write the rows (all once stopped, else those so far) atomically as Parquet."""

@@ -12,15 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from orchestrator.errors import SpecError
+from rundir.base import StrictModel as _Strict
 from servers.spec import TenantSpec
 from workloads.spec import EmpiricalLen, SyntheticWorkload, TraceWorkload, WorkloadSpec
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ExplicitSet(_Strict):

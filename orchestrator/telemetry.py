@@ -55,8 +55,8 @@ from typing import Any, Protocol
 import polars as pl
 import psutil
 
-from workloads.fileio import atomic_write_parquet
-from workloads.records import TELEMETRY_SCHEMA
+from rundir.io import atomic_write_parquet
+from rundir.schema import TELEMETRY_SCHEMA, rows_to_frame
 
 log = logging.getLogger(__name__)
 
@@ -634,12 +634,6 @@ class _TickCost:
             self.tenant_wall_s += wall_s
 
 
-def rows_to_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """Rows (dicts) to a frame with exactly ``TELEMETRY_SCHEMA``; missing keys become null."""
-    cols = {name: [r.get(name) for r in rows] for name in TELEMETRY_SCHEMA}
-    return pl.DataFrame(cols, schema=TELEMETRY_SCHEMA)
-
-
 class Sampler:
     """Samples the GPU (or the host) and the tenants' processes on its own thread.
 
@@ -749,7 +743,7 @@ class Sampler:
         """The rows so far, as a frame with ``TELEMETRY_SCHEMA``."""
         with self._lock:
             rows = list(self._rows)
-        return rows_to_frame(rows)
+        return rows_to_frame(rows, TELEMETRY_SCHEMA)
 
     def write(self, path: str | Path) -> pl.DataFrame:
         """Write the rows (all of them once stopped, else those so far) atomically as Parquet."""

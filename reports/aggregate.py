@@ -28,9 +28,9 @@ from __future__ import annotations
 import polars as pl
 
 from reports.request_figures import request_figures
-from reports.rundir import RunDir
 from reports.scan import experiments_frame, windows_frame
 from reports.telemetry_figures import server_figures, telemetry_figures
+from rundir.reader import RunDir
 
 # ---- the per experiment x tenant table ---------------------------------------------------------
 

@@ -13,8 +13,8 @@ from reports.bottleneck import bottleneck_table
 from reports.interference import interference_table, pair_matrix
 from reports.metrics import DEVICE_METRICS, metric_columns
 from reports.repetitions import DEVICE_KEYS, group_stats
-from reports.rundir import RunDir, load_run
 from reports.strategy import strategy_table
+from rundir.reader import RunDir, load_run
 
 
 @dataclass(frozen=True)

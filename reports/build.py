@@ -13,9 +13,9 @@ from reports.errors import ReportError
 from reports.html import render
 from reports.markdown import summary_markdown
 from reports.request_figures import latency_cdf, request_rate_series
-from reports.rundir import Experiment, load_run
 from reports.telemetry_figures import telemetry_series
-from workloads.fileio import atomic_write_parquet, atomic_write_text
+from rundir.io import atomic_write_parquet, atomic_write_text
+from rundir.reader import ExperimentRecord, load_run
 
 # at most this many per-experiment timelines are drawn (then: first repetition of each set)
 MAX_TIMELINES = 48
@@ -56,11 +56,11 @@ def _tables(a: Analysis) -> dict[str, pl.DataFrame]:
     }
 
 
-def _timeline_experiments(a: Analysis, limit: int) -> list[Experiment]:
+def _timeline_experiments(a: Analysis, limit: int) -> list[ExperimentRecord]:
     done = a.run.completed
     if len(done) <= limit:
         return done
-    first: dict[str, Experiment] = {}
+    first: dict[str, ExperimentRecord] = {}
     for e in done:
         first.setdefault(e.group_id, e)
     return list(first.values())[:limit]
@@ -71,7 +71,8 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
 
     ``out_dir`` defaults to the run directory itself: report.html, summary.md,
     tables/*.parquet + *.csv, figures/*.svg + *.png. Every file is written atomically.
-    Raises ``ReportError`` for a run directory that cannot be read.
+    Raises ``RunDirError`` for a run directory that cannot be read, ``ReportError`` for one
+    with nothing completed to report on.
     """
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.path

@@ -21,9 +21,9 @@ from reports.interference import INTERFERENCE_METRICS
 from reports.markdown import md_table
 from reports.metrics import HIGHER_IS_BETTER, label, num
 from reports.narrative import machine
-from reports.rundir import group_label
 from reports.stats import ratio_ci
-from workloads.fileio import atomic_write_text
+from rundir.ids import group_label
+from rundir.io import atomic_write_text
 
 KEY_METRICS = ("goodput_rps", "throughput_rps", "ttft_p99_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s")
 

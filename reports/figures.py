@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from reports.metrics import label, num
-from reports.rundir import group_label
-from workloads.fileio import atomic_write_bytes
+from rundir.ids import group_label
+from rundir.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

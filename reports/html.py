@@ -14,8 +14,8 @@ from reports.analysis import Analysis
 from reports.figures import SavedFigure
 from reports.metrics import fmt, label, num
 from reports.narrative import definitions, fmt_ratio, headlines, machine, what_was_run
-from reports.rundir import group_label
 from reports.strategy import set_name
+from rundir.ids import group_label
 
 CSS = """
 :root{--ink:#1f2933;--muted:#5f6b76;--line:#dfe4ea;--bg:#f6f8fa;--accent:#2f6db5;

@@ -9,8 +9,8 @@ import polars as pl
 from reports.analysis import Analysis, analyze
 from reports.metrics import label, num
 from reports.narrative import fmt_ratio, headlines, what_was_run
-from reports.rundir import RunDir
 from reports.strategy import set_name
+from rundir.reader import RunDir
 
 
 def _md_row(cells: list[str]) -> str:

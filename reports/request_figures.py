@@ -11,7 +11,6 @@ from __future__ import annotations
 import polars as pl
 
 from reports.metrics import LATENCIES, QUANTILES
-from reports.rundir import Experiment, RunDir
 from reports.scan import (
     ITL_ROWS_PER_PASS,
     REQUEST_COLUMNS,
@@ -21,7 +20,8 @@ from reports.scan import (
     scan_files,
     windows_frame,
 )
-from workloads.records import REQUEST_SCHEMA
+from rundir.reader import ExperimentRecord, RunDir
+from rundir.schema import REQUEST_SCHEMA
 
 
 def _derived(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -169,7 +169,7 @@ def latency_cdf(
     ).select("group_id", "tenant", "p", "value_s").sort("group_id", "tenant", "p")
 
 
-def request_rate_series(e: Experiment, bin_s: float = 1.0) -> pl.DataFrame:
+def request_rate_series(e: ExperimentRecord, bin_s: float = 1.0) -> pl.DataFrame:
     """Requests sent per second, per tenant, over the whole experiment (all rows)."""
     f = e.file("requests.parquet")
     if not f.is_file():

@@ -17,8 +17,8 @@ from typing import Any
 import polars as pl
 
 from reports.errors import ReportError
-from reports.rundir import Experiment, RunDir
-from workloads.records import REQUEST_SCHEMA
+from rundir.reader import ExperimentRecord, RunDir
+from rundir.schema import REQUEST_SCHEMA
 
 REQUEST_COLUMNS = (
     "experiment_id",
@@ -187,7 +187,7 @@ def experiments_frame(run: RunDir) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def _offered(e: Experiment, tenant: str) -> float | None:
+def _offered(e: ExperimentRecord, tenant: str) -> float | None:
     w = (e.manifest.get("workloads") or {}).get(tenant) or {}
     v = w.get("offered_rate")
     return None if v is None else float(v)

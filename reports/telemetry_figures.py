@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from reports.rundir import Experiment, RunDir
 from reports.scan import scan_files
-from workloads.records import SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
+from rundir.reader import ExperimentRecord, RunDir
+from rundir.schema import SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
 
 # scraped metric name -> column (mean over the window)
 _GAUGES = {
@@ -156,7 +156,7 @@ def server_figures(run: RunDir) -> pl.DataFrame:
     return base.select("experiment_id", "tenant", *[pl.col(c).cast(pl.Float64) for c in SERVER_COLUMNS])
 
 
-def telemetry_series(e: Experiment) -> pl.DataFrame:
+def telemetry_series(e: ExperimentRecord) -> pl.DataFrame:
     f = e.file("telemetry.parquet")
     if not f.is_file():
         return pl.DataFrame(schema=TELEMETRY_SCHEMA)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from rundir.errors import CotenantError
 
-class ServerError(Exception):
+
+class ServerError(CotenantError):
     """Root of the server errors."""
 
 

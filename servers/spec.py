@@ -8,13 +8,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
+
+from rundir.base import StrictModel as _Strict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _TenantBase(_Strict):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rundir.errors import CotenantError
 
-class WorkloadError(Exception):
+
+class WorkloadError(CotenantError):
     """Root of the workload errors."""
 
 

@@ -10,7 +10,7 @@ the start for the first seconds and then ahead of time while the dispatcher wait
 
 ``sent_s - scheduled_s`` is the dispatch lag: client-side queueing (a concurrency cap,
 a late loop) is kept apart from server latency. Every request becomes a row of
-`workloads.records.REQUEST_SCHEMA`, appended to ``requests.jsonl`` when it finishes:
+`rundir.schema.REQUEST_SCHEMA`, appended to ``requests.jsonl`` when it finishes:
 
 - ``ok``: a complete answer; ``output_tokens`` from the server's usage;
 - ``error``: an HTTP error status, a connection error, an error event in the stream;
@@ -43,9 +43,9 @@ import httpx
 import numpy as np
 import polars as pl
 
+from rundir.io import JsonlAppender
 from workloads.clock import ExperimentClock
 from workloads.errors import ReplayError
-from workloads.fileio import JsonlAppender
 from workloads.progress import Progress, ProgressSnapshot, QuietProgress, TenantSnapshot
 from workloads.prompts import PromptSource
 from workloads.spec import PrefixSpec
@@ -788,7 +788,7 @@ def replay_to_dir(
     become ``dropped`` rows) and still writes both files. Returns the per-tenant summary
     frame (`workloads.summary.summarize_requests`); `workloads.summary.replay_totals` of
     the rows gives the totals."""
-    from workloads.records import compact_jsonl
+    from rundir.io import compact_jsonl
     from workloads.summary import summarize_requests
 
     out_dir = Path(out_dir)

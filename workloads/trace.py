@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rundir.io import atomic_write_bytes, atomic_write_parquet
 from workloads._rows import BadValue, RowReader, cotenant_record, json_object, text_lines
 from workloads.errors import TraceFormatError
-from workloads.fileio import atomic_write_bytes, atomic_write_parquet
 
 TRACE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "arrival_s": pl.Float64,

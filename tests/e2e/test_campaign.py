@@ -18,8 +18,8 @@ import polars as pl
 import pytest
 import yaml
 
+from rundir.schema import REQUEST_SCHEMA
 from servers.proctable import group_members
-from workloads.records import REQUEST_SCHEMA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).parents[2]

@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rundir.io import read_jsonl_rows
+from rundir.schema import rows_to_frame
 from workloads.clock import ExperimentClock
-from workloads.fileio import read_jsonl_rows
 from workloads.prompts import PromptSource
-from workloads.records import rows_to_frame
 from workloads.replayer import ReplaySummary, Target, replay, run_loop
 from workloads.trace import make_trace
 

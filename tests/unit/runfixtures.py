@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workloads.fileio import atomic_write_json, atomic_write_parquet, atomic_write_text
-from workloads.records import TELEMETRY_SCHEMA, rows_to_frame
+from rundir.io import atomic_write_json, atomic_write_parquet, atomic_write_text
+from rundir.schema import TELEMETRY_SCHEMA, rows_to_frame
 
 TELEMETRY_COLUMNS = TELEMETRY_SCHEMA
 SERVER_METRICS_COLUMNS: dict[str, Any] = {
@@ -173,8 +173,17 @@ def write_campaign(
                 for t in tenants
             },
             "experiments": list(experiment_ids),
-            "started": "2026-11-24T10:00:00Z",
-            "ended": "2026-11-24T10:30:00Z",
+            "backend": "cuda" if gpu else "cpu",
+            "executor": "local",
+            "gpus": None,
+            "address": None,
+            "retries": 0,
+            "command": ["cotenant", "run", "fixture.yaml"],
+            "started_at": "2026-11-24T10:00:00Z",
+            "resumed_at": None,
+            "ended_at": "2026-11-24T10:30:00Z",
+            "status": "completed",
+            "wall_s": 1800.0,
         },
     )
 
@@ -200,7 +209,8 @@ def manifest(
     log_tail: Mapping[str, str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """A manifest.json (schema_version 1) with every key docs/run-directory.md lists."""
+    """A manifest.json (schema_version 1) with the keys docs/run-directory.md lists (those a
+    completed experiment has; tests/unit/test_rundir.py checks it validates)."""
     return {
         "schema_version": 1,
         "experiment_id": experiment_id,

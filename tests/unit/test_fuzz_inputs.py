@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.campaign import plan_campaign
-from orchestrator.errors import USER_ERRORS, SpecError
+from orchestrator.errors import SpecError
 from orchestrator.spec import CampaignSpec, expand_sets, load_spec
+from rundir.errors import CotenantError
 from workloads.errors import TraceFormatError
 from workloads.importers import ImportResult, import_trace
 from workloads.trace import make_trace, normalize_trace, save_trace
@@ -198,11 +199,11 @@ def _check_spec(path: Path) -> None:
     except SpecError as e:
         assert str(path) in str(e), str(e)
         return
-    except USER_ERRORS as e:  # pragma: no cover - a named error of another package is a bug here
+    except CotenantError as e:  # pragma: no cover - a named error of another package is a bug here
         pytest.fail(f"load_spec raised {type(e).__name__}, not SpecError: {e}")
     assert isinstance(spec, CampaignSpec)
     assert expand_sets(spec)
-    with contextlib.suppress(USER_ERRORS):
+    with contextlib.suppress(CotenantError):
         plan_campaign(spec)
 
 

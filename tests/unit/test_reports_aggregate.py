@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from reports.aggregate import experiment_table
-from reports.errors import ReportError
 from reports.request_figures import latency_cdf
-from reports.rundir import load_run
+from rundir.errors import RunDirError
+from rundir.reader import load_run
 from tests.unit.runfixtures import manifest, request_row, write_campaign, write_experiment
 
 TENANTS = {
@@ -212,19 +212,19 @@ def test_unknown_schema_version_names_the_file(tmp_path: Path, which: str) -> No
     write_campaign(d, SPEC, ["dec__all__x1__r0"], schema_version=2 if which == "campaign" else 1)
     m = _m("dec__all__x1__r0", ["dec"]) | ({"schema_version": 99} if which == "manifest" else {})
     write_experiment(d, m, dec_rows())
-    with pytest.raises(ReportError) as e:
+    with pytest.raises(RunDirError) as e:
         load_run(d)
     name = "campaign.json" if which == "campaign" else "dec__all__x1__r0/manifest.json"
     assert name in str(e.value) and "schema_version" in str(e.value)
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:
-    with pytest.raises(ReportError, match="no campaign.json"):
+    with pytest.raises(RunDirError, match="no campaign.json"):
         load_run(tmp_path)
-    with pytest.raises(ReportError, match="no such run directory"):
+    with pytest.raises(RunDirError, match="no such run directory"):
         load_run(tmp_path / "nope")
     (tmp_path / "campaign.json").write_text("{not json")
-    with pytest.raises(ReportError, match="not valid JSON"):
+    with pytest.raises(RunDirError, match="not valid JSON"):
         load_run(tmp_path)
 
 

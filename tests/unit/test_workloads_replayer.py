@@ -18,11 +18,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rundir.io import read_jsonl_rows
+from rundir.schema import REQUEST_SCHEMA, rows_to_frame
 from tests.stubs.timing import StubConfig, StubServer
 from workloads.clock import ExperimentClock
 from workloads.errors import ReplayError, TraceFormatError
-from workloads.fileio import read_jsonl_rows
-from workloads.records import REQUEST_SCHEMA, rows_to_frame
 from workloads.replayer import ReplaySummary, Target, replay, replay_to_dir, run_loop
 from workloads.summary import summarize_requests
 from workloads.tokenizer import build_tiny_tokenizer

@@ -8,12 +8,12 @@ converted once, when the row is made). The wall-clock anchor lives in the manife
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
 
-from workloads.fileio import atomic_write_parquet, read_jsonl_rows
+Schema = Mapping[str, pl.DataType | type[pl.DataType]]
 
 REQUEST_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "experiment_id": pl.Utf8,
@@ -36,7 +36,7 @@ REQUEST_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "in_window": pl.Boolean,  # scheduled inside the measurement window
 }
 
-STATUSES = ("ok", "error", "timeout", "dropped")
+REQUEST_STATUSES = ("ok", "error", "timeout", "dropped")
 
 # one row a sample and scope (device, a tenant, or pid:<n>); see docs/run-directory.md
 TELEMETRY_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
@@ -77,21 +77,19 @@ SERVER_METRICS_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
 }
 
 
+def empty_frame(schema: Schema = REQUEST_SCHEMA) -> pl.DataFrame:
+    """No rows, every column of ``schema`` (default: the requests')."""
+    return pl.DataFrame(schema=dict(schema))
+
 
 def empty_requests_frame() -> pl.DataFrame:
-    return pl.DataFrame(schema=REQUEST_SCHEMA)
+    return empty_frame(REQUEST_SCHEMA)
 
 
-def rows_to_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """Rows (dicts) to a frame with exactly ``REQUEST_SCHEMA``; missing keys become null."""
+def rows_to_frame(rows: list[dict[str, Any]], schema: Schema = REQUEST_SCHEMA) -> pl.DataFrame:
+    """Rows (dicts) to a frame with exactly ``schema`` (default: ``REQUEST_SCHEMA``); missing
+    keys become null."""
     if not rows:
-        return empty_requests_frame()
-    cols = {name: [r.get(name) for r in rows] for name in REQUEST_SCHEMA}
-    return pl.DataFrame(cols, schema=REQUEST_SCHEMA)
-
-
-def compact_jsonl(jsonl: str | Path, parquet: str | Path) -> pl.DataFrame:
-    """Turn the append-only ``requests.jsonl`` into ``requests.parquet`` (atomically)."""
-    df = rows_to_frame(read_jsonl_rows(jsonl)) if Path(jsonl).exists() else empty_requests_frame()
-    atomic_write_parquet(parquet, df)
-    return df
+        return empty_frame(schema)
+    cols = {name: [r.get(name) for r in rows] for name in schema}
+    return pl.DataFrame(cols, schema=dict(schema))

@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from workloads import fileio
-from workloads.fileio import (
+from rundir import io as fileio
+from rundir.io import (
     JsonlAppender,
     atomic_write_json,
     atomic_write_parquet,

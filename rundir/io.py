@@ -1,4 +1,5 @@
-"""Result files written whole or not at all, and append-only JSONL for rows as they finish.
+"""Result files written whole or not at all, append-only JSONL for rows as they finish, the one
+JSON reader and the one salvage of ``requests.jsonl``.
 
 Every file cotenant writes into a run directory goes through here: write to a
 temporary name in the same folder, fsync, then rename over the final name.
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import polars as pl
+
+from rundir.errors import RunDirError
+from rundir.schema import empty_requests_frame, rows_to_frame
 
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
@@ -98,9 +102,22 @@ def atomic_write_parquet(path: str | Path, df: pl.DataFrame) -> None:
         df.write_parquet(tmp, compression="zstd")
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+def read_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (campaign.json, a manifest): the one JSON reader of a run
+    directory. A file that cannot be read, is not JSON or holds no object is a
+    ``RunDirError`` naming the file (and the line)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object")
+    return data
 
 
 class JsonlAppender:
@@ -168,3 +185,55 @@ def read_jsonl_rows(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def _jsonl_frame(jsonl: Path) -> pl.DataFrame:
+    return rows_to_frame(read_jsonl_rows(jsonl)) if jsonl.exists() else empty_requests_frame()
+
+
+def compact_jsonl(jsonl: str | Path, parquet: str | Path) -> pl.DataFrame:
+    """Turn the append-only ``requests.jsonl`` into ``requests.parquet`` (atomically)."""
+    df = _jsonl_frame(Path(jsonl))
+    atomic_write_parquet(parquet, df)
+    return df
+
+
+def salvage_requests(exp_dir: str | Path, *,
+                     keep: bool = False) -> tuple[pl.DataFrame, OSError | None]:
+    """Compact an experiment's ``requests.jsonl`` into ``requests.parquet`` (written whole or
+    not at all) and return its rows: the one salvage of what an experiment measured, whether
+    it completed, failed or was interrupted (a torn last line is skipped; no jsonl: no rows,
+    an empty requests.parquet).
+
+    An OSError (a full disk) is returned, not raised, with the rows the jsonl holds (none
+    where it cannot be read either): the caller records why requests.parquet is missing.
+    ``keep``, for an experiment that stopped early: a requests.parquet already there stands
+    (the experiment wrote it from the same rows before it stopped), and without a jsonl
+    nothing is written; the rows are then not read back (an empty frame is returned).
+    """
+    exp_dir = Path(exp_dir)
+    jsonl, parquet = exp_dir / "requests.jsonl", exp_dir / "requests.parquet"
+    if keep and (parquet.exists() or not jsonl.exists()):
+        return empty_requests_frame(), None
+    try:
+        df = _jsonl_frame(jsonl)
+    except OSError as e:
+        return empty_requests_frame(), e
+    try:
+        atomic_write_parquet(parquet, df)
+    except OSError as e:  # written whole or not at all: nothing half-written is left
+        return df, e
+    return df, None
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a (log) file, read from its last 64 KiB; "" if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

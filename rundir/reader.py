@@ -1,37 +1,24 @@
 """Reading a run directory (docs/run-directory.md): campaign.json, the manifests, the files.
 
-Only this module knows where things lie in a run directory; the rest of the reports gets
-a ``RunDir`` with the experiments split into those that completed (and have their
-requests) and those that did not (failed, interrupted, still running, never started or
-broken), each with a reason a person can act on.
+Only this module knows where things lie in a run directory; the reports get a ``RunDir``
+with the experiments split into those that completed (and have their requests) and those
+that did not (failed, interrupted, still running, never started or broken), each with a
+reason a person can act on.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reports.errors import ReportError
-
-CAMPAIGN_SCHEMA_VERSIONS = frozenset({1})
-MANIFEST_SCHEMA_VERSIONS = frozenset({1})
-
-_REP_SUFFIX = re.compile(r"__r\d+$")
-
-
-def group_label(group_id: str) -> str:
-    """``a+b__all__x1`` -> ``a + b``; ``a+b__all__x2`` -> ``a + b (x2)``."""
-    parts = group_id.split("__")
-    name = parts[0].replace("+", " + ")
-    scale = next((p for p in parts[1:] if p.startswith("x")), "x1")
-    return name if scale in ("x1", "x1.0") else f"{name} ({scale})"
+from rundir.envelope import load_campaign, load_manifest
+from rundir.errors import RunDirError
+from rundir.ids import ExperimentId
 
 
 @dataclass(frozen=True)
-class Experiment:
+class ExperimentRecord:
     """One experiment as its manifest describes it."""
 
     id: str
@@ -72,7 +59,7 @@ class Experiment:
     @property
     def group_id(self) -> str:
         """The id without its repetition: experiments that differ only by repetition share it."""
-        return _REP_SUFFIX.sub("", self.id)
+        return ExperimentId.parse(self.id).group_id
 
     @property
     def tenants(self) -> dict[str, dict[str, Any]]:
@@ -94,7 +81,7 @@ class Experiment:
 class RunDir:
     path: Path
     campaign: dict[str, Any]
-    experiments: list[Experiment] = field(default_factory=list)
+    experiments: list[ExperimentRecord] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -105,11 +92,11 @@ class RunDir:
         return dict(self.campaign.get("spec") or {})
 
     @property
-    def completed(self) -> list[Experiment]:
+    def completed(self) -> list[ExperimentRecord]:
         return [e for e in self.experiments if e.completed]
 
     @property
-    def not_completed(self) -> list[Experiment]:
+    def not_completed(self) -> list[ExperimentRecord]:
         return [e for e in self.experiments if not e.completed]
 
     @property
@@ -161,59 +148,33 @@ class RunDir:
         return [e.file(name) for e in self.completed if e.file(name).is_file()]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise ReportError(f"{path}: cannot read: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object")
-    return data
-
-
-def _check_version(path: Path, data: dict[str, Any], known: frozenset[int]) -> None:
-    v = data.get("schema_version")
-    if v not in known:
-        raise ReportError(
-            f"{path}: schema_version {v!r} is not one this cotenant reads "
-            f"(known: {', '.join(str(k) for k in sorted(known))}); "
-            "rebuild the report with the cotenant version that wrote the run"
-        )
-
-
-def load_manifest(path: Path) -> dict[str, Any]:
-    data = _read_json(path)
-    _check_version(path, data, MANIFEST_SCHEMA_VERSIONS)
-    return data
-
-
 def load_run(run_dir: str | Path) -> RunDir:
-    """Read campaign.json and every manifest; raise ``ReportError`` naming what is wrong."""
+    """Read campaign.json and every manifest; raise ``RunDirError`` naming what is wrong."""
     path = Path(run_dir)
     if not path.is_dir():
-        raise ReportError(f"{path}: no such run directory")
+        raise RunDirError(f"{path}: no such run directory")
     cpath = path / "campaign.json"
     if not cpath.is_file():
-        raise ReportError(
+        raise RunDirError(
             f"{path}: not a run directory (no campaign.json); "
             "`cotenant run SPEC` writes one under runs/<campaign>/"
         )
-    campaign = _read_json(cpath)
-    _check_version(cpath, campaign, CAMPAIGN_SCHEMA_VERSIONS)
+    campaign = load_campaign(cpath)
 
     planned = [str(x) for x in campaign.get("experiments") or []]
     on_disk = sorted(p.parent.name for p in path.glob("*/manifest.json"))
     order = planned + [x for x in on_disk if x not in planned]
-    experiments: list[Experiment] = []
+    experiments: list[ExperimentRecord] = []
     for eid in order:
         edir = path / eid
+        try:
+            ExperimentId.parse(eid)
+        except RunDirError as e:
+            raise RunDirError(f"{edir}: {e}") from None
         mpath = edir / "manifest.json"
         if not mpath.is_file():
-            experiments.append(
-                Experiment(eid, edir, {"experiment_id": eid}, "missing", "not run (no manifest.json)")
-            )
+            experiments.append(ExperimentRecord(eid, edir, {"experiment_id": eid}, "missing",
+                                                "not run (no manifest.json)"))
             continue
         m = load_manifest(mpath)
         status = str(m.get("status") or "running")
@@ -222,5 +183,6 @@ def load_run(run_dir: str | Path) -> RunDir:
             status, reason = "broken", "completed, but requests.parquet is missing"
         elif status == "running":
             reason = reason or "still running, or the run stopped without marking it"
-        experiments.append(Experiment(eid, edir, m, status, None if reason is None else str(reason)))
+        experiments.append(
+            ExperimentRecord(eid, edir, m, status, None if reason is None else str(reason)))
     return RunDir(path, campaign, experiments)
