@@ -107,8 +107,8 @@ def run_experiment(
     progress: Any = None,
 ) -> ExperimentOutcome:
     """Run one experiment against running residents. The caller owns the manifest's creation."""
-    from orchestrator.scrape import MetricsScraper
-    from orchestrator.telemetry import Sampler
+    from orchestrator.telemetry.sampler import Sampler
+    from orchestrator.telemetry.scrape import MetricsScraper
     from workloads.build import offered_rate
     from workloads.clock import ExperimentClock
     from workloads.replayer import Target, replay, run_loop

@@ -19,16 +19,12 @@ import pytest
 
 from orchestrator.campaign import plan_campaign
 from orchestrator.errors import OrchestratorError
-from orchestrator.executors import (
-    GroupJob,
-    LocalParallelExecutor,
-    SerialExecutor,
-    make_executor,
-    parse_gpus,
-)
+from orchestrator.executors.base import GroupJob
+from orchestrator.executors.factory import make_executor, parse_gpus
+from orchestrator.executors.local import LocalParallelExecutor, SerialExecutor
 from orchestrator.experiment import ExperimentOutcome
+from orchestrator.group import GroupContext
 from orchestrator.planner import MemoryPlan
-from orchestrator.runner import GroupContext
 from orchestrator.spec import parse_spec
 
 ROOT = Path(__file__).parents[2]
@@ -236,7 +232,7 @@ def test_orphan_guard_kills_the_servers_of_a_killed_worker(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         from servers.process import ServerProcess
-        from orchestrator.executors import OrphanGuard
+        from orchestrator.executors.guard import OrphanGuard
         g = OrphanGuard(interval_s=0.05).start()
         p = ServerProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(300)"],
                           log_path={str(tmp_path / "s.log")!r}, health_url="http://127.0.0.1:9/")
@@ -263,7 +259,7 @@ def test_orphan_guard_kills_the_servers_of_a_killed_worker(tmp_path):
 
 def test_orphan_guard_leaves_servers_alone_on_a_clean_exit(tmp_path, monkeypatch):
     import servers.process
-    from orchestrator.executors import OrphanGuard
+    from orchestrator.executors.guard import OrphanGuard
 
     # the guard adopts every server this process runs: in a test session those are the shared
     # fixtures' tenants, which it must not take (and kill on stop) here
@@ -294,7 +290,7 @@ def test_orphan_guard_never_signals_a_recycled_group(monkeypatch):
     leader now started at another time is a stranger that got the recycled number (pids are
     recycled, pid_max is often 32768): the guard leaves it alone and kills only its own."""
     import servers.process
-    from orchestrator.executors import OrphanGuard
+    from orchestrator.executors.guard import OrphanGuard
     from servers.process import proc_start_ticks
 
     monkeypatch.setattr(servers.process, "running_servers", lambda: [])
