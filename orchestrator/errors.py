@@ -28,10 +28,6 @@ class CampaignError(OrchestratorError):
     """A campaign cannot go on (a broken run directory, a resume that does not match)."""
 
 
-class ExperimentFailed(OrchestratorError):
-    """One experiment failed; the campaign records it and goes on."""
-
-
 USER_ERRORS: tuple[type[Exception], ...] = (
     OrchestratorError,
     ServerError,
