@@ -50,8 +50,8 @@ class OrphanGuard:
         # run from the folder that holds this package: ``-m`` imports this very file, not
         # another cotenant that the interpreter's paths may point at
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", __spec__.name if __spec__ else "orchestrator.executors.guard",
-             *self.remove], stdin=subprocess.PIPE, cwd=_ROOT,
+            [sys.executable, "-m", "orchestrator.executors.guard", *self.remove],
+            stdin=subprocess.PIPE, cwd=_ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         self._proc.wait()  # it forks and returns at once; the guard itself lives on

@@ -316,3 +316,27 @@ def test_orphan_guard_never_signals_a_recycled_group(monkeypatch):
         for p in (stranger, ours):
             p.kill()
             p.wait()
+
+
+def test_the_guard_program_reads_what_the_worker_told_it():
+    """The guard is a module of its own now (not a string), so its parsing is testable."""
+    from orchestrator.executors.guard import read_groups
+
+    assert read_groups(["+12:345\n", "+7\n", "-12\n", "+9:x\n", "\n"]) == {7: None, 9: None}
+    assert read_groups(["+12:345\n", "done\n", "+7\n"]) is None  # goodbye: nothing to stop
+
+
+def test_the_guard_program_imports_only_the_standard_library():
+    """It is started as a process of its own and must start at once: nothing but the
+    standard library may come with it."""
+    code = ("import sys; before = set(sys.modules); "
+            "import orchestrator.executors.guard; "
+            "print('\\n'.join(sorted(set(sys.modules) - before)))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       check=True)
+    ours = [m for m in p.stdout.split() if m.split(".")[0] in
+            ("orchestrator", "servers", "workloads", "reports", "rundir")]
+    assert ours == ["orchestrator", "orchestrator.executors", "orchestrator.executors.guard"]
+    third_party = [m for m in p.stdout.split() if m.split(".")[0] not in sys.stdlib_module_names
+                   and m not in ours]
+    assert not third_party, third_party
