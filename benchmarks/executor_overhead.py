@@ -57,8 +57,9 @@ MB = 1e6
 def _tenant_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from rich.console import Console
 
+    from orchestrator.device import make_memory_plan
     from orchestrator.residents import ResidentSet
-    from orchestrator.runner import make_memory_plan, run_campaign
+    from orchestrator.runner import run_campaign
     from orchestrator.spec import parse_spec
 
     tenants: list[dict[str, Any]] = [
@@ -172,7 +173,7 @@ def gpu_sized_experiment(eid: str, seed: int, rate: float = 20.0, window_s: floa
 
 
 def _write_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from orchestrator.executors import RayExecutor
+    from orchestrator.executors.ray import RayExecutor
 
     exps = [gpu_sized_experiment(f"e{i}", i) for i in range(args.group)]
     logs = {f"logs/g0/t{i}.0.log": os.urandom(256 * 1024).hex().encode()[:512 * 1024]

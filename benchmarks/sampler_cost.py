@@ -1,6 +1,6 @@
 """What the telemetry sampler costs: CPU time and wall time per sample, per source and interval.
 
-Runs ``orchestrator.telemetry.Sampler`` for ``--duration`` seconds at each ``--intervals``
+Runs ``orchestrator.telemetry.sampler.Sampler`` for ``--duration`` seconds at each ``--intervals``
 value, with the host source and, where NVML sees a GPU, the NVML source, while
 ``--tenants`` real process trees (a parent and a child each, idle) stand in for servers so
 the per-tenant rows do their real work. Prints a table, then one JSON line (the last line).
@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 import psutil  # noqa: E402
 
-from orchestrator.telemetry import Sampler, _ppid_map, detect_gpu  # noqa: E402
+from orchestrator.device import detect_gpu  # noqa: E402
+from orchestrator.telemetry.host import ppid_map  # noqa: E402
+from orchestrator.telemetry.sampler import Sampler  # noqa: E402
 
 TENANT = (
     "import subprocess, sys, time\n"
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = None if args.no_nvml else detect_gpu(args.gpu_index)
     sources = ["host"] + (["nvml"] if gpu else [])
     t = time.perf_counter()
-    n_procs = len(_ppid_map())
+    n_procs = len(ppid_map())
     scan_ms = 1e3 * (time.perf_counter() - t)
     env = {
         "host": platform.node(),

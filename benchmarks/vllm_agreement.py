@@ -67,7 +67,7 @@ def vllm_bench(port: int, model: str, tokenizer: str, a: argparse.Namespace, out
 
 def cotenant_run(running, a: argparse.Namespace, out: Path, tag: str, seed: int,
                  interval: float | None, text: bool = False) -> dict:
-    from orchestrator.telemetry import Sampler
+    from orchestrator.telemetry.sampler import Sampler
     from workloads.clock import ExperimentClock
     from workloads.replayer import Target, replay_to_dir
 

@@ -5,8 +5,14 @@ that hangs (it does not answer ``/health`` after the window: its requests end as
 rows at their deadline or the drain deadline, which bound the experiment); Ctrl-C marks it
 interrupted; in every case what was measured is on disk (requests.jsonl is appended as
 requests finish and compacted into requests.parquet at the end). A trace that cannot be built
-(a deleted file) fails the experiment before anything is sent. A full disk fails it with
-``fatal`` set: the campaign stops rather than fail every experiment after it.
+(a deleted file) fails the experiment before anything is sent. A result file that cannot be
+written (requests.parquet, telemetry.parquet, server_metrics.parquet) fails it with a reason
+that names the file; a full disk fails it with ``fatal`` set: the campaign stops rather than
+fail every experiment after it.
+
+The pieces, in order: ``prepare`` (traces, targets, the manifest's workloads and tenants),
+``measure`` (the replay over the window while the sampler and the scraper run) and ``record``
+(their files, requests.parquet, the manifest's end).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from orchestrator.spec import CampaignSpec
 from rundir.io import atomic_write_text, salvage_requests
 
 if TYPE_CHECKING:
-    from workloads.replayer import Api
+    from orchestrator.telemetry.sampler import Sampler
+    from orchestrator.telemetry.scrape import MetricsScraper
+    from workloads.replayer import Api, Target
 
 PREPARE_S = 1.0
 HEALTH_TIMEOUT_S = 5.0  # a tenant that does not answer /health within this is hung
@@ -106,16 +114,44 @@ def run_experiment(
     progress: Any = None,
 ) -> ExperimentOutcome:
     """Run one experiment against running residents. The caller owns the manifest's creation."""
-    from orchestrator.scrape import MetricsScraper
-    from orchestrator.telemetry import Sampler
-    from workloads.build import offered_rate
     from workloads.clock import ExperimentClock
-    from workloads.replayer import Target, replay, run_loop
 
-    x = spec.experiment
     exp_dir = run_dir / exp.id
+    _start_clean(exp_dir)
+    _check(residents)
+    trace, targets = prepare(spec, base, exp, residents, manifest)
+    # zero a little ahead: prompts for the first seconds are prepared before it, so the first
+    # request is due at zero and scheduled_s equals the trace's arrival_s
+    clock = ExperimentClock(delay_s=PREPARE_S)
+    manifest.update(anchor_wall_s=clock.anchor_wall_s)
+    sampler, scraper = _instruments(spec, exp, residents, clock)
+    end = Ending()
+    if sampler:
+        sampler.start()
+    if scraper:
+        scraper.start()
+    try:
+        measure(spec, exp, residents, trace, targets, clock, exp_dir / "requests.jsonl",
+                manifest, progress)
+    except TenantDied as e:
+        end.status, end.reason = "failed", str(e)
+        end.log_tail = residents.log_tails(list(e.dead))
+    except KeyboardInterrupt:
+        end.status, end.reason = "interrupted", "interrupted by the user (SIGINT/SIGTERM)"
+        raise
+    except Exception as e:  # a broken experiment fails alone; the campaign goes on
+        end.status, end.reason = "failed", f"{type(e).__name__}: {e}"
+        if disk_full(e):
+            end.fatal = end.reason = f"disk full: {e}"
+        with contextlib.suppress(OSError):
+            atomic_write_text(exp_dir / "error.txt", traceback.format_exc())
+    finally:
+        outcome = record(exp, exp_dir, manifest, sampler, scraper, end)
+    return outcome
+
+
+def _start_clean(exp_dir: Path) -> None:
     exp_dir.mkdir(parents=True, exist_ok=True)
-    jsonl = exp_dir / "requests.jsonl"
     # a rerun (resume of a failed/interrupted one) starts clean: no row or sample of the
     # earlier attempt may pass for this one's (a write this attempt skips would leave it)
     for name in ("requests.jsonl", "requests.parquet", "telemetry.parquet",
@@ -123,12 +159,25 @@ def run_experiment(
         with contextlib.suppress(FileNotFoundError):
             (exp_dir / name).unlink()
 
+
+def _check(residents: ResidentSet) -> None:
+    """Raise TenantDied for a tenant that is gone, TenantHung for one that does not answer."""
     dead = residents.dead()
     if dead:
         raise TenantDied(dead)
     hung = residents.unresponsive(HEALTH_TIMEOUT_S)
     if hung:
         raise TenantHung(hung)
+
+
+def prepare(spec: CampaignSpec, base: Path, exp: Experiment, residents: ResidentSet,
+            manifest: Any) -> tuple[pl.DataFrame, list[Target]]:
+    """The merged trace of the active tenants and their targets; the manifest gets the
+    workloads (with requests scheduled and offered rate) and the tenants. Raises SetupFailed
+    when a workload cannot be built (nothing is sent then)."""
+    from workloads.build import offered_rate
+    from workloads.replayer import Target
+
     try:
         traces = build_traces(spec, base, exp)
         offered = {
@@ -165,11 +214,18 @@ def run_experiment(
             n: {**d, "active": n in exp.active} for n, d in residents.describe().items()
         },
     )
+    return trace, targets
 
-    # zero a little ahead: prompts for the first seconds are prepared before it, so the first
-    # request is due at zero and scheduled_s equals the trace's arrival_s
-    clock = ExperimentClock(delay_s=PREPARE_S)
-    manifest.update(anchor_wall_s=clock.anchor_wall_s)
+
+def _instruments(spec: CampaignSpec, exp: Experiment, residents: ResidentSet,
+                 clock: Any) -> tuple[Sampler | None, MetricsScraper | None]:
+    """The sampler (telemetry.parquet) and the /metrics scraper (server_metrics.parquet), or
+    None, None when the spec turns telemetry off."""
+    from orchestrator.telemetry.sampler import Sampler
+    from orchestrator.telemetry.scrape import MetricsScraper
+
+    if not spec.telemetry.enabled:
+        return None, None
     pids = {n: r.process.pid for n, r in residents.running.items()}
     sampler = Sampler(
         clock,
@@ -179,13 +235,25 @@ def run_experiment(
         gpu_index=spec.gpu.index,
         gpm=spec.telemetry.gpm,
         experiment_id=exp.id,
-    ) if spec.telemetry.enabled else None
+    )
     scraper = MetricsScraper(
         clock,
         {n: r.base_url for n, r in residents.running.items()},
         interval_s=spec.telemetry.scrape_interval_s,
         experiment_id=exp.id,
-    ) if spec.telemetry.enabled else None
+    )
+    return sampler, scraper
+
+
+def measure(spec: CampaignSpec, exp: Experiment, residents: ResidentSet, trace: pl.DataFrame,
+            targets: list[Target], clock: Any, jsonl: Path, manifest: Any,
+            progress: Any = None) -> None:
+    """Replay the trace (warm-up, window, drain) while watching the tenants, appending rows to
+    ``jsonl``; the manifest gets the replay's summary. Raises TenantDied for a tenant that
+    died meanwhile, TenantHung for one that no longer answers (its requests timed out)."""
+    from workloads.replayer import replay, run_loop
+
+    x = spec.experiment
 
     async def _run() -> Any:
         stop = asyncio.Event()
@@ -218,61 +286,59 @@ def run_experiment(
                     await watch
         return summary
 
-    status, reason, fatal = "completed", None, None
+    summary = run_loop(_run())  # the event loop `cotenant replay` uses too
+    manifest.update(trace_start_s=summary.start_s, replay={
+        "dispatch_lag_p50_s": summary.dispatch_lag_p50_s,
+        "dispatch_lag_p99_s": summary.dispatch_lag_p99_s,
+        "dispatch_lag_max_s": summary.dispatch_lag_max_s,
+        "sent": summary.sent, "ok": summary.ok, "errors": summary.errors,
+        "timeouts": summary.timeouts, "dropped": summary.dropped,
+    })
+    # a tenant that hung: its requests timed out (rows with status timeout); restart it
+    _check(residents)
+
+
+@dataclass
+class Ending:
+    """How the experiment ended, as the manifest's finish will say."""
+
+    status: str = "completed"
+    reason: str | None = None
+    fatal: str | None = None  # a full disk: the campaign cannot go on
     log_tail: dict[str, str] | None = None
-    if sampler:
-        sampler.start()
-    if scraper:
-        scraper.start()
-    try:
-        summary = run_loop(_run())  # the event loop `cotenant replay` uses too
-        manifest.update(trace_start_s=summary.start_s, replay={
-            "dispatch_lag_p50_s": summary.dispatch_lag_p50_s,
-            "dispatch_lag_p99_s": summary.dispatch_lag_p99_s,
-            "dispatch_lag_max_s": summary.dispatch_lag_max_s,
-            "sent": summary.sent, "ok": summary.ok, "errors": summary.errors,
-            "timeouts": summary.timeouts, "dropped": summary.dropped,
-        })
-        dead = residents.dead()
-        if dead:
-            raise TenantDied(dead)
-        hung = residents.unresponsive(HEALTH_TIMEOUT_S)
-        if hung:  # its requests timed out (rows with status timeout); restart it
-            raise TenantHung(hung)
-    except TenantDied as e:
-        status, reason = "failed", str(e)
-        log_tail = residents.log_tails(list(e.dead))
-    except KeyboardInterrupt:
-        status, reason = "interrupted", "interrupted by the user (SIGINT/SIGTERM)"
-        raise
-    except Exception as e:  # a broken experiment fails alone; the campaign goes on
-        status, reason = "failed", f"{type(e).__name__}: {e}"
+
+    def not_written(self, name: str, e: BaseException) -> None:
+        """Result file ``name`` could not be written (``e``): the experiment did not complete,
+        and the reason says so; a full disk is fatal."""
+        detail = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        why = f"{name} not written: {detail}"
         if disk_full(e):
-            fatal = reason = f"disk full: {e}"
-        with contextlib.suppress(OSError):
-            atomic_write_text(exp_dir / "error.txt", traceback.format_exc())
-    finally:
-        if scraper:
-            with contextlib.suppress(Exception):
-                scraper.stop()
-                scraper.write(exp_dir / "server_metrics.parquet")
-        if sampler:
-            with contextlib.suppress(Exception):
-                sampler.stop()
-                sampler.write(exp_dir / "telemetry.parquet")
-        df, not_written = salvage_requests(exp_dir)
-        if not_written is not None:  # written whole or not at all: nothing half-written is left
-            why = f"requests.parquet not written: {not_written}"
-            if disk_full(not_written):
-                fatal = fatal or f"disk full: {not_written}"
-            reason = f"{reason}; {why}" if reason else why
-            if status == "completed":
-                status = "failed"
-        counts = (
-            df.group_by("tenant").agg(pl.len().alias("n")).to_dicts() if df.height else []
-        )
-        extra = {"log_tail": log_tail} if log_tail is not None else {}
-        manifest.finish(status, reason, counts={c["tenant"]: c["n"] for c in counts}, **extra)
+            self.fatal = self.fatal or f"disk full: {e}"
+        self.reason = f"{self.reason}; {why}" if self.reason else why
+        if self.status == "completed":
+            self.status = "failed"
+
+
+def record(exp: Experiment, exp_dir: Path, manifest: Any, sampler: Sampler | None,
+           scraper: MetricsScraper | None, end: Ending) -> ExperimentOutcome:
+    """Stop the instruments, write their files and requests.parquet, finish the manifest.
+    A file that cannot be written leaves the reason in the manifest (``Ending.not_written``)."""
+    for name, instrument in (("server_metrics.parquet", scraper), ("telemetry.parquet", sampler)):
+        if instrument is None:
+            continue
+        try:
+            instrument.stop()
+            instrument.write(exp_dir / name)
+        except Exception as e:  # measured without it; the manifest says why it is missing
+            end.not_written(name, e)
+    df, not_written = salvage_requests(exp_dir)
+    if not_written is not None:  # written whole or not at all: nothing half-written is left
+        end.not_written("requests.parquet", not_written)
+    counts = (
+        df.group_by("tenant").agg(pl.len().alias("n")).to_dicts() if df.height else []
+    )
+    extra = {"log_tail": end.log_tail} if end.log_tail is not None else {}
+    manifest.finish(end.status, end.reason, counts={c["tenant"]: c["n"] for c in counts}, **extra)
     errors = int(df.filter(pl.col("status") != "ok").height) if df.height else 0
-    return ExperimentOutcome(exp, status, reason, df.height, errors, fatal=fatal)
+    return ExperimentOutcome(exp, end.status, end.reason, df.height, errors, fatal=end.fatal)
 

@@ -75,6 +75,7 @@ class ResidentSet:
                 log_path=log_path,
                 cache_root=self.cache_root,
                 extra_env=self.env_for(t.name),
+                backend=self.plan.backend,
             )
             self.running[t.name] = running
             secs = time.monotonic() - t0

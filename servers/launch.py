@@ -24,6 +24,7 @@ from servers.presets import ResolvedModel, resolve_model
 from servers.process import ServerProcess, free_port, read_tail
 from servers.spec import EncoderTenant, VllmTenant
 from servers.vllm import (
+    Backend,
     kv_info_from_labels,
     kv_info_from_log,
     parse_cache_config_info,
@@ -143,12 +144,15 @@ def launch_tenant(
     port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
     resolved: ResolvedModel | None = None,
+    backend: Backend | None = None,
 ) -> RunningTenant:
-    """Start a tenant without waiting for it (see ``start_tenant``)."""
+    """Start a tenant without waiting for it (see ``start_tenant``). ``backend`` (cpu or
+    cuda) is what the orchestrator decided the device is; None: the installed engine's."""
     resolved = resolved or resolve_model(tenant)
     port = port or tenant.port or free_port(_client_host(tenant.host))
     if isinstance(tenant, VllmTenant):
-        argv, env = vllm_argv_env(tenant, resolved, share, port, cache_root, extra_env=extra_env)
+        argv, env = vllm_argv_env(tenant, resolved, share, port, cache_root, extra_env=extra_env,
+                                  backend=backend)
         api: Api = "completions"
     else:
         argv, env = encoder_argv_env(tenant, resolved, share, port, extra_env=extra_env)
@@ -196,6 +200,7 @@ def start_tenant(
     port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
     resolved: ResolvedModel | None = None,
+    backend: Backend | None = None,
 ) -> RunningTenant:
     """Resolve the model, start the server on ``port`` (the spec's, else a free one) and
     wait until ``/health`` answers. Raises PortInUseError, ServerStartError (with the log
@@ -208,6 +213,7 @@ def start_tenant(
         port=port,
         extra_env=extra_env,
         resolved=resolved,
+        backend=backend,
     )
     try:
         return wait_tenant(running)

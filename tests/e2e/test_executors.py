@@ -22,6 +22,7 @@ import polars as pl
 import psutil
 import pytest
 
+from orchestrator.executors.factory import make_executor
 from orchestrator.runner import CampaignResult, run_campaign
 from orchestrator.spec import parse_spec
 
@@ -50,7 +51,9 @@ def _spec(name: str, duration_s: float = 2.0):
 
 
 def _run(tmp: Path, name: str, **kw) -> CampaignResult:
-    return run_campaign(_spec(name, kw.pop("duration_s", 2.0)), tmp, tmp / kw.pop("out"),
+    ex = make_executor(kw.pop("executor", "local"), gpus=kw.pop("gpus", None),
+                       retries=kw.pop("retries", 0))
+    return run_campaign(_spec(name, kw.pop("duration_s", 2.0)), tmp, tmp / kw.pop("out"), ex,
                         report=False, **kw)
 
 
@@ -135,8 +138,8 @@ def test_resume_across_executors(three_runs, tmp_path):
     gone = "enc2__enc2__x1__r0"
     shutil.rmtree(run_dir / gone)
     kept = (run_dir / "enc__enc__x1__r0" / "requests.parquet").read_bytes()
-    res = run_campaign(_spec("same"), tmp_path, tmp_path / "resume", resume=True,
-                       executor="ray", report=False)
+    res = run_campaign(_spec("same"), tmp_path, tmp_path / "resume", make_executor("ray"),
+                       resume=True, report=False)
     assert res.skipped == 1 and [o.experiment.id for o in res.outcomes] == [gone]
     ms = _manifests(run_dir)
     assert ms[gone]["status"] == "completed" and ms[gone]["executor"] == "ray"

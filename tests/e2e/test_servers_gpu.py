@@ -14,14 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator.device import detect_gpu
 from servers.launch import RunningTenant, read_kv_cache_info, start_tenant
 from servers.proctable import group_members
 from servers.spec import EncoderTenant, VllmTenant
-from servers.vllm import vllm_backend
+from servers.vllm import installed_engine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gpu, pytest.mark.slow]
 
-if vllm_backend() != "cuda":
+if installed_engine() != "cuda" or detect_gpu(0) is None:
     pytest.skip("needs an NVIDIA GPU and the CUDA vLLM", allow_module_level=True)
 
 PROMPT = "The quick brown fox jumps over the lazy dog"

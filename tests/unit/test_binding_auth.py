@@ -147,7 +147,7 @@ def test_launching_a_tenant_binds_loopback_and_clients_carry_the_key(
 def test_api_keys_are_masked_in_every_dump_and_survive_overrides(tmp_path: Path) -> None:
     import json
 
-    from orchestrator.cli_campaign import override_spec
+    from orchestrator.cli.campaign import override_spec
 
     spec = _spec(tmp_path, api_key="s3cret-k3y")
     dumped = json.dumps(spec.model_dump(mode="json"))  # what campaign.json and resume compare

@@ -19,16 +19,12 @@ import pytest
 
 from orchestrator.campaign import plan_campaign
 from orchestrator.errors import OrchestratorError
-from orchestrator.executors import (
-    GroupJob,
-    LocalParallelExecutor,
-    SerialExecutor,
-    make_executor,
-    parse_gpus,
-)
+from orchestrator.executors.base import GroupJob
+from orchestrator.executors.factory import make_executor, parse_gpus
+from orchestrator.executors.local import LocalParallelExecutor, SerialExecutor
 from orchestrator.experiment import ExperimentOutcome
+from orchestrator.group import GroupContext
 from orchestrator.planner import MemoryPlan
-from orchestrator.runner import GroupContext
 from orchestrator.spec import parse_spec
 
 ROOT = Path(__file__).parents[2]
@@ -236,7 +232,7 @@ def test_orphan_guard_kills_the_servers_of_a_killed_worker(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         from servers.process import ServerProcess
-        from orchestrator.executors import OrphanGuard
+        from orchestrator.executors.guard import OrphanGuard
         g = OrphanGuard(interval_s=0.05).start()
         p = ServerProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(300)"],
                           log_path={str(tmp_path / "s.log")!r}, health_url="http://127.0.0.1:9/")
@@ -263,7 +259,7 @@ def test_orphan_guard_kills_the_servers_of_a_killed_worker(tmp_path):
 
 def test_orphan_guard_leaves_servers_alone_on_a_clean_exit(tmp_path, monkeypatch):
     import servers.process
-    from orchestrator.executors import OrphanGuard
+    from orchestrator.executors.guard import OrphanGuard
 
     # the guard adopts every server this process runs: in a test session those are the shared
     # fixtures' tenants, which it must not take (and kill on stop) here
@@ -294,7 +290,7 @@ def test_orphan_guard_never_signals_a_recycled_group(monkeypatch):
     leader now started at another time is a stranger that got the recycled number (pids are
     recycled, pid_max is often 32768): the guard leaves it alone and kills only its own."""
     import servers.process
-    from orchestrator.executors import OrphanGuard
+    from orchestrator.executors.guard import OrphanGuard
     from servers.proctable import proc_start_ticks
 
     monkeypatch.setattr(servers.process, "running_servers", lambda: [])
@@ -320,3 +316,27 @@ def test_orphan_guard_never_signals_a_recycled_group(monkeypatch):
         for p in (stranger, ours):
             p.kill()
             p.wait()
+
+
+def test_the_guard_program_reads_what_the_worker_told_it():
+    """The guard is a module of its own now (not a string), so its parsing is testable."""
+    from orchestrator.executors.guard import read_groups
+
+    assert read_groups(["+12:345\n", "+7\n", "-12\n", "+9:x\n", "\n"]) == {7: None, 9: None}
+    assert read_groups(["+12:345\n", "done\n", "+7\n"]) is None  # goodbye: nothing to stop
+
+
+def test_the_guard_program_imports_only_the_standard_library():
+    """It is started as a process of its own and must start at once: nothing but the
+    standard library may come with it."""
+    code = ("import sys; before = set(sys.modules); "
+            "import orchestrator.executors.guard; "
+            "print('\\n'.join(sorted(set(sys.modules) - before)))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       check=True)
+    ours = [m for m in p.stdout.split() if m.split(".")[0] in
+            ("orchestrator", "servers", "workloads", "reports", "rundir")]
+    assert ours == ["orchestrator", "orchestrator.executors", "orchestrator.executors.guard"]
+    third_party = [m for m in p.stdout.split() if m.split(".")[0] not in sys.stdlib_module_names
+                   and m not in ours]
+    assert not third_party, third_party

@@ -103,7 +103,7 @@ def test_summary_markdown(built: ReportPaths, gpu_run: Path) -> None:
 
 
 def test_report_into_another_folder(tmp_path: Path) -> None:
-    from orchestrator.cli_reports import report
+    from orchestrator.cli.reports import report
 
     small = write_run(tmp_path, RunSpec(name="small", strategy=("isolated",), repetitions=1, failed={}))
     out = tmp_path / "elsewhere"

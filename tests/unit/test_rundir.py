@@ -133,7 +133,8 @@ def _campaign_data(spec: Any) -> dict[str, Any]:
 
 def test_no_secret_reaches_campaign_json_or_a_manifest(tmp_path: Path) -> None:
     from orchestrator.campaign import plan_campaign
-    from orchestrator.runner import GroupContext, _manifest
+    from orchestrator.group import GroupContext
+    from orchestrator.group import manifest_for as _manifest
 
     spec = _spec(tmp_path)
     run_dir = tmp_path / "runs" / spec.name

@@ -1,21 +1,24 @@
-"""The metrics scraper against a real prometheus_client exposition on a free local port."""
+"""The metrics scraper against a real prometheus_client exposition on a free local port.
+
+Scrapes are due on a clock the test advances (``tickclock.FakeTickClock``, also the rows'
+experiment clock), so the tests count exact scrapes and never sleep on wall time."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from orchestrator.scrape import (
+from orchestrator.telemetry.scrape import (
     KEEP_METRICS,
     SCRAPE_DURATION,
     SCRAPE_ERROR,
@@ -24,16 +27,17 @@ from orchestrator.scrape import (
     keep_sample,
     parse_metrics,
 )
+from tests.unit.tickclock import FakeTickClock
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class PerfClock:
-    def __init__(self) -> None:
-        self.anchor_ns = time.perf_counter_ns()
-
-    def now_s(self) -> float:
-        return (time.perf_counter_ns() - self.anchor_ns) / 1e9
+def _scraper(endpoints: dict[str, str], **kw: Any) -> tuple[MetricsScraper, FakeTickClock]:
+    """A scraper every 0.1 s on a clock the test advances, started."""
+    clock = FakeTickClock()
+    kw.setdefault("experiment_id", "e")
+    s = MetricsScraper(clock, endpoints, interval_s=0.1, tick_clock=clock, **kw)
+    return s.start(), clock
 
 
 def vllm_like_registry() -> CollectorRegistry:
@@ -111,15 +115,15 @@ def test_parse_keeps_the_useful_families_and_drops_the_rest() -> None:
 def test_scraper_rows_follow_the_doc_and_info_is_written_once(
     exposition: str, tmp_path: Path
 ) -> None:
-    s = MetricsScraper(
-        PerfClock(), {"llama": exposition}, experiment_id="exp-1", interval_s=0.1
-    ).start()
-    time.sleep(1.0)
+    s, clock = _scraper({"llama": exposition}, experiment_id="exp-1")
+    clock.ticks(10, 0.1)
     df = s.stop()
     assert dict(df.schema) == SERVER_METRICS_SCHEMA
     assert (df["experiment_id"] == "exp-1").all() and (df["tenant"] == "llama").all()
-    scrapes = df.filter(pl.col("metric") == SCRAPE_DURATION).height
-    assert 4 <= scrapes <= 15  # 10 expected; a wide band for a loaded host
+    durations = df.filter(pl.col("metric") == SCRAPE_DURATION)
+    scrapes = durations.height
+    assert scrapes == 10  # one a tick
+    assert durations["t_s"].to_list() == pytest.approx([k * 0.1 for k in range(10)])
     assert df.filter(pl.col("metric") == SCRAPE_ERROR).height == 0
     running = df.filter(pl.col("metric") == "vllm:num_requests_running")
     assert running.height == scrapes
@@ -146,30 +150,28 @@ def test_documented_metric_names_are_kept() -> None:
 
 def test_a_down_server_gives_error_rows_not_exceptions(exposition: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    s = MetricsScraper(
-        PerfClock(), {"up": exposition, "down": dead}, experiment_id="e", interval_s=0.1
-    ).start()
-    time.sleep(0.6)
+    s, clock = _scraper({"up": exposition, "down": dead})
+    clock.ticks(6, 0.1, threads=2)  # a thread an endpoint
     df = s.stop()
     down = df.filter(pl.col("tenant") == "down")
-    assert down.height >= 2
+    assert down.height == 6
     assert down["metric"].unique().to_list() == [SCRAPE_ERROR]
     assert down["value"].unique().to_list() == [1.0]
     assert "Connect" in json.loads(down["labels"][0])["error"]
     up = df.filter(pl.col("tenant") == "up")
-    assert up.filter(pl.col("metric") == "vllm:num_requests_running").height >= 2
+    assert up.filter(pl.col("metric") == "vllm:num_requests_running").height == 6
     assert s.stats()["down"]["failures"] == down.height
 
 
 def test_a_server_that_goes_away_mid_run_turns_into_error_rows() -> None:
     httpd, thread = start_http_server(0, addr="127.0.0.1", registry=vllm_like_registry())
     url = f"http://127.0.0.1:{httpd.server_port}"
-    s = MetricsScraper(PerfClock(), {"t": url}, experiment_id="e", interval_s=0.1).start()
-    time.sleep(0.5)
+    s, clock = _scraper({"t": url})
+    clock.ticks(5, 0.1)
     httpd.shutdown()
     httpd.server_close()
     thread.join(5)
-    time.sleep(0.5)
+    clock.ticks(10, 0.1)
     df = s.stop()
     metrics = df["metric"].to_list()
     assert "vllm:num_requests_running" in metrics
@@ -210,10 +212,8 @@ def recorder() -> Iterator[tuple[str, type[_Recorder]]]:
 
 def test_api_key_and_path(recorder: tuple[str, type[_Recorder]]) -> None:
     url, handler = recorder
-    s = MetricsScraper(
-        PerfClock(), {"t": url}, experiment_id="e", interval_s=0.1, api_keys={"t": "sk-x"}
-    ).start()
-    time.sleep(0.3)
+    s, clock = _scraper({"t": url}, api_keys={"t": "sk-x"})
+    clock.ticks(1, 0.1)
     s.stop()
     assert handler.seen and handler.seen[0] == ("/metrics", "Bearer sk-x")
 
@@ -221,8 +221,8 @@ def test_api_key_and_path(recorder: tuple[str, type[_Recorder]]) -> None:
 def test_http_error_status_is_an_error_row(recorder: tuple[str, type[_Recorder]]) -> None:
     url, handler = recorder
     handler.status = 503
-    s = MetricsScraper(PerfClock(), {"t": url}, experiment_id="e", interval_s=0.1).start()
-    time.sleep(0.3)
+    s, clock = _scraper({"t": url})
+    clock.ticks(2, 0.1)
     df = s.stop()
-    assert df.height >= 1 and set(df["metric"]) == {SCRAPE_ERROR}
+    assert df.height == 2 and set(df["metric"]) == {SCRAPE_ERROR}
     assert "503" in json.loads(df["labels"][0])["error"]

@@ -117,7 +117,7 @@ def test_plan_interleaves_repetitions_and_ids_are_stable():
 
 
 def test_command_line_overrides_rename_and_validate(tmp_path: Path) -> None:
-    from orchestrator.cli_campaign import override_spec
+    from orchestrator.cli.campaign import override_spec
 
     s, _ = load_spec(Path(__file__).parents[2] / "examples" / "h100-pairing.yaml")
     assert override_spec(s, Path("x.yaml")) is s

@@ -3,6 +3,9 @@
 The NVML-path tests that run on a CPU machine use ``FakeNvml``, a test double of pynvml's
 API: they test our client (per-call failures, slow reads, GPM's two-sample bookkeeping,
 pid-to-tenant mapping), not NVML. The ``gpu`` test reads a real GPU and skips without one.
+Ticks come from a clock the test advances (``tickclock.FakeTickClock``), so the tests count
+exact ticks and never sleep on wall time; only the CPU-accounting test and the ``gpu`` test
+sample on the real clock, since what they measure takes real time.
 """
 
 from __future__ import annotations
@@ -21,15 +24,13 @@ import polars as pl
 import psutil
 import pytest
 
-from orchestrator import telemetry
-from orchestrator.telemetry import (
-    GPU_COLUMNS,
-    TELEMETRY_SCHEMA,
-    Sampler,
-    detect_gpu,
-    gpu_processes,
-    process_tree,
-)
+from orchestrator.device import detect_gpu
+from orchestrator.telemetry import nvml
+from orchestrator.telemetry.host import process_tree
+from orchestrator.telemetry.nvml import GPU_COLUMNS, gpu_processes
+from orchestrator.telemetry.periodic import Periodic
+from orchestrator.telemetry.sampler import TELEMETRY_SCHEMA, Sampler
+from tests.unit.tickclock import FakeTickClock
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -94,6 +95,8 @@ def trees() -> Iterator[list[Tree]]:
 
 
 def test_host_source_attributes_cpu_and_rss_to_the_tenant_tree(trees: list[Tree]) -> None:
+    # on the real clock: CPU% is the CPU seconds a tree burnt over the wall seconds between
+    # samples, so this samples real processes for a real while (and counts no ticks)
     burner = Tree(burn=True, mb=96)
     idle = Tree(burn=False, mb=8)
     trees += [burner, idle]
@@ -142,17 +145,19 @@ def test_host_source_attributes_cpu_and_rss_to_the_tenant_tree(trees: list[Tree]
 def test_tenant_changes_and_a_dead_root_give_null_rows(trees: list[Tree]) -> None:
     a = Tree(burn=False, mb=8)
     trees.append(a)
+    clock = FakeTickClock()
     s = Sampler(
-        PerfClock(),
+        clock,
         {"a": a.root},
         experiment_id="e",
         interval_s=0.05,
         process_interval_s=0.1,
         nvml=False,
+        tick_clock=clock,
     ).start()
-    time.sleep(0.4)
+    clock.ticks(8, 0.05)
     s.set_tenants({"a": a.root, "gone": _unused_pid()})
-    time.sleep(0.4)
+    clock.ticks(16, 0.05)
     df = s.stop()
     gone = df.filter(pl.col("scope") == "gone")
     assert gone.height >= 1
@@ -186,8 +191,10 @@ def test_schema_matches_the_run_directory_doc(tmp_path: Path) -> None:
     documented = _documented_telemetry_columns()
     assert len(documented) > 15
     assert list(TELEMETRY_SCHEMA) == documented
-    s = Sampler(PerfClock(), {}, experiment_id="e", interval_s=0.05, nvml=False).start()
-    time.sleep(0.2)
+    clock = FakeTickClock()
+    s = Sampler(clock, {}, experiment_id="e", interval_s=0.05, nvml=False, tick_clock=clock)
+    s.start()
+    clock.ticks(4, 0.05)
     s.stop()
     df = s.write(tmp_path / "telemetry.parquet")
     back = pl.read_parquet(tmp_path / "telemetry.parquet")
@@ -201,26 +208,50 @@ def test_schema_matches_the_run_directory_doc(tmp_path: Path) -> None:
 
 
 def test_interval_is_honoured_and_stop_is_prompt() -> None:
-    s = Sampler(PerfClock(), {}, experiment_id="e", interval_s=0.05, nvml=False).start()
-    time.sleep(1.5)
+    clock = FakeTickClock()
+    s = Sampler(clock, {}, experiment_id="e", interval_s=0.05, nvml=False, tick_clock=clock)
+    s.start()
+    clock.ticks(30, 0.05)
     df = s.stop()
-    n = df.filter(pl.col("scope") == "device").height
-    assert 10 <= n <= 40  # 30 expected; a wide band for a loaded CI host
-    assert df["t_s"].is_sorted()
+    dev = df.filter(pl.col("scope") == "device")
+    assert dev.height == 30
+    # on the absolute schedule: tick k at k x interval, no drift
+    assert dev["t_s"].to_list() == pytest.approx([k * 0.05 for k in range(30)])
     cost = s.sampler_cost()
-    assert cost["samples"] == n
+    assert cost["samples"] == 30 and cost["missed_ticks"] == 0
     assert cost["cpu_ms_per_sample"] is not None and cost["thread_cpu_s"] > 0
 
+    # on the real clock: a stop wakes a thread that waits 30 s for its next tick at once
     slow = Sampler(PerfClock(), {}, experiment_id="e", interval_s=30.0, nvml=False).start()
-    time.sleep(0.1)
-    t = time.monotonic()
-    slow.stop()
-    assert time.monotonic() - t < 2.0
-    assert not slow._loop or not slow._loop.running  # noqa: SLF001
+    loop = slow._loop  # noqa: SLF001
+    assert loop is not None
+    while loop.ticks < 1:  # the first tick is due at once; then it waits
+        time.sleep(0.01)
+    slow.stop()  # joins the thread (giving up after 10 s)
+    assert not loop.running
+
+
+def test_an_overrun_runs_one_late_tick_and_skips_the_others() -> None:
+    clock = FakeTickClock()
+    due: list[float] = []
+
+    def tick() -> None:
+        due.append(clock.now_s())
+        if len(due) == 3:
+            clock.spend(0.25)  # the tick due at 0.2 s takes until 0.45 s
+
+    loop = Periodic("t", 0.1, tick, clock)
+    loop.start()
+    clock.ticks(8, 0.1)
+    loop.stop()
+    # 0.3 is skipped (missed), 0.4 runs late at 0.45, then the schedule goes on
+    assert due == pytest.approx([0.0, 0.1, 0.2, 0.45, 0.5, 0.6, 0.7])
+    assert loop.ticks == 7 and loop.missed == 1 and loop.errors == 0
 
 
 def test_a_failing_tick_never_kills_the_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = Sampler(PerfClock(), {}, experiment_id="e", interval_s=0.02, nvml=False)
+    clock = FakeTickClock()
+    s = Sampler(clock, {}, experiment_id="e", interval_s=0.02, nvml=False, tick_clock=clock)
     calls = {"n": 0}
     real = s.host.device
 
@@ -232,10 +263,10 @@ def test_a_failing_tick_never_kills_the_thread(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(s.host, "device", flaky)
     s.start()
-    time.sleep(0.5)
+    clock.ticks(20, 0.02)
     df = s.stop()
-    assert s.sampler_cost()["errors"] >= 3
-    assert df.height >= 3
+    assert s.sampler_cost()["errors"] == 10  # every other tick failed
+    assert df.height == 10 and s.sampler_cost()["samples"] == 10
 
 
 # --------------------------------------------------------------------------- no NVML
@@ -247,10 +278,12 @@ def test_without_pynvml_the_host_source_fills_the_same_schema(
     def no_pynvml() -> Any:
         raise ImportError("No module named 'pynvml'")
 
-    monkeypatch.setattr(telemetry, "_import_nvml", no_pynvml)
-    s = Sampler(PerfClock(), {"me": 1}, experiment_id="e", interval_s=0.05, process_interval_s=0.1)
+    monkeypatch.setattr(nvml, "_import_nvml", no_pynvml)
+    clock = FakeTickClock()
+    s = Sampler(clock, {"me": 1}, experiment_id="e", interval_s=0.05, process_interval_s=0.1,
+                tick_clock=clock)
     s.start()
-    time.sleep(0.5)
+    clock.ticks(10, 0.05)
     df = s.stop()
     assert s.source == "host"
     assert "pynvml" in (s.info()["nvml_unavailable"] or "")
@@ -385,7 +418,7 @@ class FakeNvml:
 
 
 def _use(monkeypatch: pytest.MonkeyPatch, fake: FakeNvml) -> None:
-    monkeypatch.setattr(telemetry, "_import_nvml", lambda: fake)
+    monkeypatch.setattr(nvml, "_import_nvml", lambda: fake)
 
 
 def test_nvml_reads_fill_device_rows_and_one_failure_nulls_only_its_columns(
@@ -393,9 +426,11 @@ def test_nvml_reads_fill_device_rows_and_one_failure_nulls_only_its_columns(
 ) -> None:
     fake = FakeNvml()
     _use(monkeypatch, fake)
-    s = Sampler(PerfClock(), {}, experiment_id="e", interval_s=0.02, process_interval_s=0.1)
+    clock = FakeTickClock()
+    s = Sampler(clock, {}, experiment_id="e", interval_s=0.02, process_interval_s=0.1,
+                tick_clock=clock)
     s.start()
-    time.sleep(0.6)
+    clock.ticks(30, 0.02)
     df = s.stop()
     assert s.source == "nvml" and fake.inits == 0  # NVML released
     dev = df.filter(pl.col("scope") == "device")
@@ -426,9 +461,11 @@ def test_nvml_reads_fill_device_rows_and_one_failure_nulls_only_its_columns(
 
 def test_slow_reads_are_read_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
     _use(monkeypatch, FakeNvml(slow_energy=True))
-    s = Sampler(PerfClock(), {}, experiment_id="e", interval_s=0.02, process_interval_s=0.2)
+    clock = FakeTickClock()
+    s = Sampler(clock, {}, experiment_id="e", interval_s=0.02, process_interval_s=0.2,
+                tick_clock=clock)
     s.start()
-    time.sleep(0.8)
+    clock.ticks(40, 0.02)  # 0.8 s of ticks
     df = s.stop()
     # 2 ms a read at a 0.5% budget: energy read every >= 0.4 s, null in the rows between
     assert s.info()["read_periods_s"]["energy"] >= 0.4
@@ -447,15 +484,17 @@ def test_gpu_processes_map_to_tenants_through_the_tree(
     stranger = _unused_pid()
     fake = FakeNvml(procs=[(a.child, 3 << 30), (a.root, 1 << 30), (stranger, 70 << 20)])
     _use(monkeypatch, fake)
+    clock = FakeTickClock()
     s = Sampler(
-        PerfClock(),
+        clock,
         {"a": a.root, "b": b.root},
         experiment_id="e",
         interval_s=0.05,
         process_interval_s=0.1,
+        tick_clock=clock,
     )
     s.start()
-    time.sleep(0.5)
+    clock.ticks(10, 0.05)
     df = s.stop()
     ta = df.filter(pl.col("scope") == "a")
     tb = df.filter(pl.col("scope") == "b")
@@ -476,11 +515,11 @@ def test_unmatchable_nvml_pids_leave_tenant_gpu_memory_unknown(
     trees.append(a)
     host_pid = _unused_pid()
     _use(monkeypatch, FakeNvml(procs=[(host_pid, 3 << 30)]))
-    s = Sampler(
-        PerfClock(), {"a": a.root}, experiment_id="e", interval_s=0.05, process_interval_s=0.1
-    )
+    clock = FakeTickClock()
+    s = Sampler(clock, {"a": a.root}, experiment_id="e", interval_s=0.05,
+                process_interval_s=0.1, tick_clock=clock)
     s.start()
-    time.sleep(0.4)
+    clock.ticks(8, 0.05)
     df = s.stop()
     ta = df.filter(pl.col("scope") == "a")
     assert ta.height >= 1 and ta["proc_gpu_mem_bytes"].null_count() == ta.height

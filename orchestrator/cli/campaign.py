@@ -60,7 +60,7 @@ def plan(spec: Path, gpu_memory: float | None) -> None:
       cotenant plan examples/h100-pairing.yaml --gpu-memory 80
       cotenant plan examples/cpu-demo.yaml
     """
-    from orchestrator.runner import make_memory_plan
+    from orchestrator.device import make_memory_plan
     from orchestrator.spec import load_spec
 
     s, _ = load_spec(spec, check_files=False)
@@ -93,8 +93,8 @@ def up(spec: Path, check: bool, only: tuple[str, ...], logs: Path) -> None:
            -d '{"model": "llama-a", "prompt": "hello", "max_tokens": 8}'
       cotenant up examples/cpu-demo.yaml --check     # CI: healthy, then stop
     """
+    from orchestrator.device import make_memory_plan
     from orchestrator.residents import ResidentSet
-    from orchestrator.runner import make_memory_plan
     from orchestrator.spec import load_spec
 
     s, _ = load_spec(spec, check_files=False)
@@ -175,8 +175,9 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
       cotenant run examples/h100-pairing.yaml --rate-scales 2 --sharing mps
     """
     from orchestrator.campaign import plan_campaign
-    from orchestrator.executors import parse_gpus
-    from orchestrator.runner import make_memory_plan, run_campaign
+    from orchestrator.device import make_memory_plan
+    from orchestrator.executors.factory import make_executor, parse_gpus
+    from orchestrator.runner import run_campaign
     from orchestrator.spec import load_spec
 
     s, base = load_spec(spec)
@@ -194,9 +195,9 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
         c.print(f"expected duration ≈ {p.expected_seconds() / 60:.1f} min "
                 f"(measurement windows {len(rows) * s.experiment.duration_s / 60:.1f} min)")
         return
-    res = run_campaign(s, base, out_root, resume=resume, overwrite=overwrite,
-                       report=not no_report, executor=executor, gpus=gpu_list,
-                       address=address, retries=retries)
+    ex = make_executor(executor, gpus=gpu_list, address=address, retries=retries)
+    res = run_campaign(s, base, out_root, ex, resume=resume, overwrite=overwrite,
+                       report=not no_report)
     c = Console()
     done = sum(o.status == "completed" for o in res.outcomes)
     overhead = f", overhead x{res.wall_s / res.window_s:.2f}" if res.window_s else ""

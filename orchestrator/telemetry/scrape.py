@@ -1,7 +1,7 @@
 """Scrape the tenants' Prometheus ``/metrics`` while an experiment runs.
 
 One daemon thread per endpoint, each with its own ``httpx.Client`` and absolute-time
-schedule (``telemetry.Periodic``), so a slow or dead server delays nobody else and the
+schedule (``periodic.Periodic``), so a slow or dead server delays nobody else and the
 replayer's event loop is not involved. Rows are long form, as ``docs/run-directory.md``
 (server_metrics.parquet) says: experiment_id, t_s, tenant, metric, labels (JSON text,
 keys sorted), value. ``t_s`` is the experiment clock when the request went out.
@@ -28,7 +28,7 @@ import httpx
 import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.telemetry import Clock, Periodic
+from orchestrator.telemetry.periodic import SYSTEM_CLOCK, Clock, Periodic, TickClock
 from rundir.io import atomic_write_parquet
 from rundir.schema import SERVER_METRICS_SCHEMA, rows_to_frame
 
@@ -101,7 +101,8 @@ class _Endpoint:
         self.url = url.rstrip("/") + "/metrics"
         self.client = httpx.Client(timeout=owner.timeout_s, headers=headers)
         self.seen_info: set[tuple[str, str]] = set()
-        self.loop = Periodic(f"cotenant-scrape-{tenant}", owner.interval_s, self.scrape)
+        self.loop = Periodic(f"cotenant-scrape-{tenant}", owner.interval_s, self.scrape,
+                             owner.tick_clock)
         self.scrapes = 0
         self.failures = 0
 
@@ -150,7 +151,8 @@ class MetricsScraper:
 
     ``endpoints`` maps a tenant to its base URL (``http://127.0.0.1:8001``); ``api_keys``
     (tenant -> key) adds ``Authorization: Bearer``. ``timeout_s`` defaults to the interval,
-    at least 1 s. Use as a context manager or ``start()`` / ``stop()``.
+    at least 1 s. ``tick_clock`` says when scrapes are due (``periodic.TickClock``; tests inject
+    one they advance). Use as a context manager or ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -162,10 +164,12 @@ class MetricsScraper:
         interval_s: float = 1.0,
         api_keys: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        tick_clock: TickClock = SYSTEM_CLOCK,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.clock = clock
+        self.tick_clock = tick_clock  # when scrapes are due (periodic.py)
         self.experiment_id = experiment_id
         self.interval_s = interval_s
         self.timeout_s = timeout_s if timeout_s is not None else max(1.0, interval_s)

@@ -1,8 +1,9 @@
 """The `cotenant` command line. Commands load lazily so `--help` is instant.
 
-Commands live where their work lives: this module holds the group and the campaign and
-tenant commands; `orchestrator.cli_workloads` (trace, replay) and
-`orchestrator.cli_reports` (report, compare) add theirs.
+This module holds the group, its help and `main` (one clean line for a user's error); the
+commands live beside it, each module imported only when its command runs:
+`orchestrator.cli.campaign` (validate, plan, up, run, presets), `orchestrator.cli.workloads`
+(trace, replay) and `orchestrator.cli.reports` (report, compare).
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import click
 
 # command name -> (module, attribute)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "validate": ("orchestrator.cli_campaign", "validate"),
-    "plan": ("orchestrator.cli_campaign", "plan"),
-    "up": ("orchestrator.cli_campaign", "up"),
-    "run": ("orchestrator.cli_campaign", "run"),
-    "presets": ("orchestrator.cli_campaign", "presets"),
-    "trace": ("orchestrator.cli_workloads", "trace"),
-    "replay": ("orchestrator.cli_workloads", "replay"),
-    "report": ("orchestrator.cli_reports", "report"),
-    "compare": ("orchestrator.cli_reports", "compare"),
+    "validate": ("orchestrator.cli.campaign", "validate"),
+    "plan": ("orchestrator.cli.campaign", "plan"),
+    "up": ("orchestrator.cli.campaign", "up"),
+    "run": ("orchestrator.cli.campaign", "run"),
+    "presets": ("orchestrator.cli.campaign", "presets"),
+    "trace": ("orchestrator.cli.workloads", "trace"),
+    "replay": ("orchestrator.cli.workloads", "replay"),
+    "report": ("orchestrator.cli.reports", "report"),
+    "compare": ("orchestrator.cli.reports", "compare"),
 }
 
 _HELP = {
@@ -97,7 +98,3 @@ def main(argv: list[str] | None = None) -> Any:
         click.secho(f"error: disk full: {e}; make room, then run again with --resume",
                     fg="red", err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

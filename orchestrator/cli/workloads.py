@@ -422,21 +422,13 @@ def replay(
     from workloads.importers import import_trace
     from workloads.progress import RichProgress
     from workloads.replayer import replay_to_dir
-    from workloads.summary import replay_totals
 
     res = import_trace(trace_file, fmt)
     df = res.trace
     if duration is not None:
         df = df.filter(pl.col("arrival_s") < warmup + duration)
     tlist = [_target(t, timeout) for t in targets]
-    cap: dict[str, int] = {}
-    for c in caps:
-        name, _, n = c.partition("=")
-        if not n.isdigit() or int(n) < 1:
-            raise click.BadParameter(
-                f"{c!r}: expected TENANT=N (N >= 1)", param_hint="--max-concurrency"
-            )
-        cap[name] = int(n)
+    cap = _caps(caps)
     console = Console(stderr=True)
     summary_df = replay_to_dir(
         df,
@@ -452,7 +444,29 @@ def replay(
         overwrite=force,
     )
     Console().print(_table(f"{trace_file} → {out}", summary_df))
-    t = replay_totals(pl.read_parquet(out / "requests.parquet"))
+    _echo_totals(out / "requests.parquet")
+
+
+def _caps(caps: tuple[str, ...]) -> dict[str, int]:
+    """``--max-concurrency TENANT=N`` options -> {tenant: N}."""
+    cap: dict[str, int] = {}
+    for c in caps:
+        name, _, n = c.partition("=")
+        if not n.isdigit() or int(n) < 1:
+            raise click.BadParameter(
+                f"{c!r}: expected TENANT=N (N >= 1)", param_hint="--max-concurrency"
+            )
+        cap[name] = int(n)
+    return cap
+
+
+def _echo_totals(requests_parquet: Path) -> None:
+    """One line: sent, ok, errors, timeouts, dropped, and the dispatch lag."""
+    import polars as pl
+
+    from workloads.summary import replay_totals
+
+    t = replay_totals(pl.read_parquet(requests_parquet))
     lag = (
         f"dispatch lag p50 {t['lag_p50_s'] * 1e3:.3f} ms, p99 {t['lag_p99_s'] * 1e3:.3f} ms, "
         f"max {t['lag_max_s'] * 1e3:.2f} ms"
