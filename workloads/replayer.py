@@ -32,6 +32,7 @@ import json
 import math
 import signal
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
@@ -823,13 +824,56 @@ def replay_to_dir(
     return summarize_requests(rows)
 
 
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run_loop(coro: Coroutine[Any, Any, _T]) -> _T:
-    """``asyncio.run`` on uvloop when it is installed (less overhead a callback)."""
+    """``asyncio.run`` on uvloop when it is installed (less overhead a callback).
+
+    Ctrl-C and SIGTERM while the loop runs cancel the coroutine (its ``finally`` blocks run,
+    so what was measured is written) and come out as ``KeyboardInterrupt`` once the loop has
+    closed. A Python signal handler that raises would instead land in whatever callback is
+    running, often a transport's ``data_received``, where the loop catches the exception as
+    a transport error and the interrupt is lost. The handlers that were installed before
+    (the campaign's SIGTERM-as-interrupt) are back afterwards. A coroutine that installs its
+    own handler for one of these signals (``replay_to_dir``: Ctrl-C stops gracefully) keeps
+    it for that signal."""
+    caught: list[int] = []
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for s in _INTERRUPTS} if main_thread else {}
+
+    async def guarded() -> _T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def interrupt(signum: int) -> None:
+            caught.append(signum)
+            if task is not None:
+                task.cancel()
+
+        for s in _INTERRUPTS if main_thread else ():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(s, interrupt, s)
+        return await coro
+
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        try:
+            import uvloop
+        except ImportError:
+            result = asyncio.run(guarded())
+        else:
+            result = uvloop.run(guarded())
+    except asyncio.CancelledError:
+        if caught:
+            raise KeyboardInterrupt(f"signal {caught[0]}") from None
+        raise
+    finally:
+        for s, handler in saved.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(s, handler)
+    if caught:  # the coroutine finished in spite of the cancellation: still an interrupt
+        raise KeyboardInterrupt(f"signal {caught[0]}")
+    return result
 
 
 def served_model(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> str:

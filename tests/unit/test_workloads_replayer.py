@@ -299,3 +299,30 @@ def test_progress_has_live_figures_per_tenant(stub: StubServer, tok: Path, tmp_p
     from workloads.progress import tenant_line
 
     assert "TTFT p50" in tenant_line(by["c"]) and "latency p50" in tenant_line(by["e"])
+
+
+def test_run_loop_turns_a_signal_into_an_interrupt_after_cleanup() -> None:
+    """SIGTERM while the loop runs: the coroutine is cancelled (its finally runs), then
+    KeyboardInterrupt comes out of run_loop, and the handler installed before is back."""
+    import os
+    import signal as sig
+
+    before: list[int] = []
+    old = sig.signal(sig.SIGTERM, lambda s, f: before.append(s))
+    cleaned: list[bool] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), sig.SIGTERM)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.append(True)
+
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            run_loop(main())
+        assert cleaned == [True] and before == []
+        os.kill(os.getpid(), sig.SIGTERM)  # the earlier handler is back
+        assert before == [sig.SIGTERM]
+    finally:
+        sig.signal(sig.SIGTERM, old)
