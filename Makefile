@@ -1,6 +1,6 @@
 # cotenant: two commands do all the set-up on a fresh machine.
 #   make demo   venv + install (GPU or CPU extra) + models, then the CPU demo campaign and its report
-#   make test   venv + install, then the test suite (what .ci/run calls)
+#   make test   venv + install, then lint (ruff, mypy) and the test suite (what .ci/run calls)
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -31,7 +31,7 @@ browser:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: chromium is not installed; the report's browser test will skip"
 
-test: $(STAMP) browser
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
