@@ -37,8 +37,9 @@ def tenants_section(a: Analysis, figs: dict[str, SavedFigure]) -> str:
     out = ['<section id="tenants"><h2>Tenants</h2>']
     out.append(figure(figs.get("throughput_goodput"), "Achieved throughput (light) and goodput (dark) per set, "
                       "mean over repetitions with 95% CI."))
-    out.append(figure(figs.get("cdf_e2e"), "E2E latency (done - sent) distribution per tenant in every set it "
-                      "ran in, repetitions pooled; the tenant alone is the thick line."))
+    out.append(figure(figs.get("cdf_e2e"), "E2E latency (done - sent) distribution of the ok requests "
+                      "per tenant in every set it ran in, blocks pooled; the tenant alone is the thick line (failed requests, infinite in the "
+                      "percentiles, are not drawn)."))
     out.append(figure(figs.get("cdf_ttft"), "Time to first token per decoder in every set it ran in."))
     order = a.set_order
     for t in a.tenants:

@@ -16,7 +16,7 @@ from reports.batch import FLAG_TEXT
 from reports.figures import SavedFigure
 from reports.htmlkit import badge, e, figure, table
 from reports.metrics import fmt, label, num
-from reports.narrative import definitions, fmt_ratio, headlines, method_line, what_was_run
+from reports.narrative import definitions, fmt_ratio, headlines, what_was_run
 from reports.strategy import set_name
 from reports.verdicts import HURTS, WELL
 
@@ -97,7 +97,7 @@ def summary_section(a: Analysis, figs: dict[str, SavedFigure]) -> str:
         f'<p class="lead"><b>What was run.</b> {e(what_was_run(a))}</p>'
         f"<p><b>Headline.</b></p><ul>{items}</ul></div>",
         "<h2>Strategy ranking</h2>",
-        f"<p class=muted>{e(method_line(a))} Only established sets are ranked: those that share "
+        "<p class=muted>Only established sets are ranked: those that share "
         "well first, those that hurt last, each by its worst headline slowdown (adjacent ranks are "
         "not tested against each other).</p>",
         table(heads, _strategy_rows(a, ranked), numeric=(4,), attrs='id="summary-table"')

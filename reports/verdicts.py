@@ -99,6 +99,8 @@ def ratio_text(est: float | None, lo: float | None, hi: float | None, n: int | N
     if est is None or (isinstance(est, float) and math.isnan(est)):
         return "–"
     head = f"{num(est, digits)}x"
+    if est == 0 or math.isinf(est):  # one arm infinite (failed requests) or zero
+        head += " (censored)"
     if lo is None or hi is None:
         return f"{head} ({why or 'no interval'}, {blocks(n)})"
     return f"{head} ({num(lo, digits)}–{num(hi, digits)})"
