@@ -3,7 +3,8 @@
 Experiments are matched by group (ids are stable for the same spec), so each set's blocks in
 run A meet the same set's blocks in run B, and every figure gets ``B / A`` on the log scale.
 Two campaigns are independent runs: unpaired by construction, so the interval is Welch's t
-on the log figures over blocks (``stats.welch_log_ratio``). Only where both campaigns used
+on the log figures over blocks (``stats.welch_log_ratio``). A figure that is infinite (a
+censored percentile) or zero in some block gets no interval and is not established. Only where both campaigns used
 the same order seed and the same experiment ids (a replay of the same arrivals) are the
 blocks paired, and the interval is the paired t over ``log(B_r / A_r)``.
 
@@ -42,6 +43,7 @@ from rundir.io import atomic_write_text
 KEY_METRICS = ("goodput_rps", "throughput_rps", "tpot_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s")
 BETTER, WORSE = "better in B", "worse in B"
 WELCH = "Welch t on log figures (unpaired)"
+CENSORED = "censored: a block's figure is infinite or zero"
 
 SCHEMA: dict[str, Any] = {
     "group_id": pl.Utf8,
@@ -86,6 +88,8 @@ def _values(x: Analysis, metric: str) -> dict[tuple[str, str], dict[int, float]]
 def _estimate(va: dict[int, float], vb: dict[int, float], paired: bool, level: float,
               c: float) -> tuple[str, float | None, float | None, float | None, float | None]:
     """(method, log est, lo, hi, p two-sided against |log B/A| <= c) on the B / A scale."""
+    if any(not math.isfinite(v) or v <= 0 for v in [*va.values(), *vb.values()]):
+        return CENSORED, None, None, None, None
     if paired:
         reps = sorted(set(va) & set(vb))
         d = np.array([math.log(vb[r] / va[r]) for r in reps if va[r] > 0 and vb[r] > 0
@@ -143,6 +147,8 @@ def compare_table(a: Analysis, b: Analysis) -> pl.DataFrame:
 def _change(r: dict[str, Any], margin: float, alpha: float, method: str, family: int) -> tuple[str, str]:
     lo, hi = r["ratio_lo"], r["ratio_hi"]
     n = min(r["n_a"], r["n_b"])
+    if r["method"] == CENSORED:
+        return NOT_ESTABLISHED, CENSORED
     if lo is None or hi is None:
         return NOT_ESTABLISHED, f"no interval ({blocks(n)} on the smaller side)"
     if r["metric"] not in KEY_METRICS:

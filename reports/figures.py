@@ -187,12 +187,12 @@ def strategy_map(strategies: pl.DataFrame, margin: float = 0.10) -> Figure | Non
     plt = _mpl()
     colors = {CLASS_WELL: "#3a9a5b", CLASS_HURTS: "#c2403a", CLASS_UNKNOWN: MUTED}
     s = s.with_columns(pl.col("worst_slowdown").clip(1e-3, 1e3)).sort("worst_slowdown")
-    fig, ax = plt.subplots(figsize=(7.2, 0.9 + 0.42 * s.height))
+    fig, ax = plt.subplots(figsize=(7.6, 1.2 + 0.5 * s.height))
     bound = 1.0 + margin
     ax.axvline(1.0, color=MUTED, lw=0.8, ls=":")
     ax.axvline(bound, color="#c2403a", lw=1.0, ls="--")
-    ax.text(bound, 1.0, f" 1 + margin = {bound:g}", transform=ax.get_xaxis_transform(),
-            color="#c2403a", fontsize=8, va="bottom")
+    ax.text(bound, 0.01, f" 1 + margin = {bound:g}", transform=ax.get_xaxis_transform(),
+            color="#c2403a", fontsize=7.5, va="bottom")
     labels = []
     for y, r in enumerate(s.iter_rows(named=True)):
         c = colors.get(r["classification"], MUTED)
@@ -204,16 +204,21 @@ def strategy_map(strategies: pl.DataFrame, margin: float = 0.10) -> Figure | Non
         tag = "" if r["rate_scale"] == 1.0 else f" (x{r['rate_scale']:g})"
         labels.append(r["active_set"].replace("+", " + ") + tag)
         note = r["classification"] + ("" if ok else f", not estimable with {r['worst_n']} blocks")
-        ax.annotate(note, (x, y), textcoords="offset points", xytext=(8, -3), fontsize=7.5, color=c)
+        ax.annotate(note, (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=7.5, color=c)
     ax.set_yticks(range(s.height), labels, fontsize=8)
     ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
+    lo_x, hi_x = ax.get_xlim()
+    ticks = [v for v in (0.25, 0.5, 0.8, 1.0, bound, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 30.0, 100.0)
+             if lo_x <= v <= hi_x]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: num(v, 2)))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(-0.7, s.height - 0.3)
     ax.set_xlabel("worst headline slowdown of a tenant (co-located / alone, 95% CI; log scale)")
-    ax.set_title("Which sets share well: the interval left of the margin line shares well, right of it hurts")
+    ax.set_title("Worst headline slowdown per set (95% CI) against 1 + margin")
     fig.tight_layout()
     return fig
 
