@@ -11,7 +11,9 @@ manifest, [warmup_s, warmup_s + duration_s), and the rates divide by ``duration_
 * goodput_rps = requests that met every SLO of the tenant (manifest ``slo``) / duration_s;
   a request meets an SLO when it is ok and the figure is at or below the target (a figure
   that does not apply, such as TPOT of a one-token answer or TTFT of an embedding, passes)
-* latencies are over ok requests only; percentiles interpolate linearly (reports.stats)
+* latency percentiles count a request that is not ok as infinitely slow (censoring,
+  `reports.request_figures`); latency means are over ok requests only; percentiles
+  interpolate linearly (reports.stats)
 * ``overrun_s``: how long after the window's end the last window request finished; large
   values mean the tenant could not keep up with the offered load
 

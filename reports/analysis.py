@@ -9,11 +9,22 @@ from typing import Any
 import polars as pl
 
 from reports.aggregate import experiment_table
+from reports.batch import batch_table, flagged
 from reports.bottleneck import bottleneck_table
-from reports.interference import interference_table, pair_matrix
-from reports.metrics import DEVICE_METRICS, metric_columns
+from reports.conditions import conditions_frame
+from reports.interference import (
+    INTERFERENCE_METRICS,
+    baselines,
+    block_pairs,
+    interference_table,
+    mark_batch_limit,
+    pair_matrix,
+)
+from reports.metrics import DEVICE_METRICS, TAIL_METRICS, metric_columns
 from reports.repetitions import DEVICE_KEYS, group_stats
+from reports.settings import ReportSettings, settings_from_spec
 from reports.strategy import strategy_table
+from reports.tails import tail_estimates
 from rundir.reader import RunDir, load_run
 
 
@@ -29,6 +40,15 @@ class Analysis:
     strategies: pl.DataFrame  # one row per group, ranked
     bottleneck: pl.DataFrame  # tenant x rate scale (isolated)
     failures: pl.DataFrame  # experiments that did not complete
+    settings: ReportSettings  # margin, level, multiplicity, pooling (spec.report)
+    batch: pl.DataFrame  # group x tenant: in flight against max_num_seqs, limits that bind
+    conditions: pl.DataFrame  # experiment: server lifetime, idle gate, warm-up (if recorded)
+    precision: pl.DataFrame  # primary figures against experiment.precision's target
+
+    @property
+    def family_size(self) -> int:
+        """How many figures the report tests (and corrects for multiplicity over)."""
+        return int(self.interference["in_family"].sum() or 0)
 
     @property
     def tenants(self) -> list[str]:
@@ -81,10 +101,15 @@ def failures_frame(run: RunDir) -> pl.DataFrame:
 def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
     """Every table of the report for a run directory (or an already loaded ``RunDir``)."""
     run = run if isinstance(run, RunDir) else load_run(run)
+    settings = settings_from_spec(run.spec)
     exp, dev = experiment_table(run, engine)
     stats = group_stats(exp, metric_columns())
     dstats = group_stats(dev, list(DEVICE_METRICS), DEVICE_KEYS)
-    inter = interference_table(exp, stats)
+    inter = _interference(run, exp, settings, INTERFERENCE_METRICS, engine)
+    batch = batch_table(exp, dev, run.spec)
+    colocated = {k: v for k, v in baselines(exp).items() if k[0] != v}
+    flags = flagged(batch, colocated)
+    inter = mark_batch_limit(inter, flags)
     return Analysis(
         run=run,
         experiments=exp,
@@ -93,7 +118,61 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
         device_stats=dstats,
         interference=inter,
         matrix=pair_matrix(inter),
-        strategies=strategy_table(exp, stats, inter),
+        strategies=strategy_table(exp, stats, inter, flags),
         bottleneck=bottleneck_table(exp, dev),
         failures=failures_frame(run),
+        settings=settings,
+        batch=batch,
+        conditions=conditions_frame(run),
+        precision=precision_table(inter, settings),
+    )
+
+
+def _interference(run: RunDir, exp: pl.DataFrame, settings: ReportSettings,
+                  metrics: list[str], engine: str) -> pl.DataFrame:
+    pairs = block_pairs(exp)
+    tail = [m for m in metrics if m in TAIL_METRICS]
+    tails = tail_estimates(run, pairs, settings.level, settings.margin, tail, engine) if tail else {}
+    return interference_table(exp, settings, tails, metrics)
+
+
+PRECISION_SCHEMA = {
+    "group_id": pl.Utf8,
+    "tenant": pl.Utf8,
+    "figure": pl.Utf8,
+    "n": pl.Int64,
+    "log_half_width": pl.Float64,
+}
+
+
+def _half_widths(inter: pl.DataFrame) -> pl.DataFrame:
+    p = inter.filter(pl.col("primary"))
+    hw = ((pl.col("slowdown_hi").log() - pl.col("slowdown_lo").log()) / 2).alias("log_half_width")
+    return p.select("group_id", "tenant", pl.col("metric").alias("figure"), "n", hw).cast(
+        PRECISION_SCHEMA)  # type: ignore[arg-type]
+
+
+def paired_half_widths(run: RunDir | str | Path, engine: str = "streaming") -> pl.DataFrame:
+    """(group_id, tenant, figure, n, log_half_width) of every co-located tenant's primary
+    figure: the half-width of its interval on the log scale, as the report computes it (the
+    same pairing, pooling and level; null where there is no interval yet). What
+    ``experiment.precision`` compares with its target to decide whether to add blocks."""
+    run = run if isinstance(run, RunDir) else load_run(run)
+    settings = settings_from_spec(run.spec)
+    exp, _ = experiment_table(run, engine)
+    if exp.height == 0:
+        return pl.DataFrame(schema=PRECISION_SCHEMA)
+    primaries = sorted({settings.primary_figure(t, k) for t, k in
+                        exp.select("tenant", "tenant_kind").unique().iter_rows()})
+    return _half_widths(_interference(run, exp, settings, primaries, engine))
+
+
+def precision_table(inter: pl.DataFrame, settings: ReportSettings) -> pl.DataFrame:
+    """The primary figures against ``experiment.precision.half_width`` (empty when unset)."""
+    if settings.precision_half_width is None or inter.height == 0:
+        return pl.DataFrame(schema=PRECISION_SCHEMA | {"target": pl.Float64, "reached": pl.Boolean})
+    target = settings.precision_half_width
+    return _half_widths(inter).with_columns(
+        pl.lit(target).alias("target"),
+        (pl.col("log_half_width") <= target).fill_null(False).alias("reached"),
     )

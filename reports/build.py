@@ -53,6 +53,9 @@ def _tables(a: Analysis) -> dict[str, pl.DataFrame]:
         "strategies": a.strategies,
         "bottleneck": a.bottleneck,
         "failures": a.failures,
+        "batch_limits": a.batch,
+        "conditions": a.conditions,
+        "precision": a.precision,
     }
 
 
@@ -92,7 +95,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
             figs[name] = F.save(fig, figures_dir, name, title)  # type: ignore[arg-type]
 
     order = a.set_order
-    keep("strategy_map", "gain vs worst slowdown", F.strategy_map(a.strategies))
+    keep("strategy_map", "worst headline slowdown per set", F.strategy_map(a.strategies, a.settings.margin))
     keep("interference_heatmap", "victim x co-tenant", F.interference_heatmap(a.matrix, a.tenants))
     keep("throughput_goodput", "throughput and goodput", F.throughput_bars(a.stats, a.tenants, order))
     cdf_e2e = latency_cdf(run, "e2e_s")

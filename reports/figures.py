@@ -121,11 +121,14 @@ def inline_svg(svg: str, name: str) -> str:
 
 
 def interference_heatmap(matrix: pl.DataFrame, tenants: Sequence[str]) -> Figure | None:
-    """Victim (rows) x co-tenant (columns): the victim's worst p99 slowdown in the pair."""
+    """Victim (rows) x co-tenant (columns): the victim's verdict in the pair and its worst
+    headline slowdown; only established cells are coloured, the others stay grey."""
     if matrix.height == 0:
         return None
     plt = _mpl()
     from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
+
+    from reports.verdicts import HURTS, WELL, ratio_text
 
     scales = sorted(matrix["rate_scale"].unique().to_list())
     names = [t for t in tenants if t in set(matrix["victim"]) | set(matrix["co_tenant"])]
@@ -134,19 +137,22 @@ def interference_heatmap(matrix: pl.DataFrame, tenants: Sequence[str]) -> Figure
     fig, axes = plt.subplots(
         1, len(scales), figsize=(max(4.2, cell * n + 2.2) * len(scales), cell * n + 1.4), squeeze=False
     )
-    cmap = LinearSegmentedColormap.from_list("slow", ["#3a9a5b", "#f4f6f8", "#f0b35e", "#c2403a"])
-    vmax = max(2.0, _num(matrix["slowdown"].max(), 1.0))
-    norm = TwoSlopeNorm(vmin=min(0.8, _num(matrix["slowdown"].min(), 1.0)), vcenter=1.0, vmax=vmax)
+    cmap = LinearSegmentedColormap.from_list(
+        "slow", ["#3a9a5b", "#f4f6f8", "#f0b35e", "#c2403a"]).with_extremes(bad="#e9edf1")
+    finite = [v for v in matrix["slowdown"].to_list() if v is not None and math.isfinite(v) and v > 0]
+    vmax = max([2.0, *finite])
+    norm = TwoSlopeNorm(vmin=min([0.8, *finite]), vcenter=1.0, vmax=vmax)
     for ax, scale in zip(axes[0], scales, strict=True):
         sub = matrix.filter(pl.col("rate_scale") == scale)
         grid = [[math.nan] * n for _ in range(n)]
         notes: dict[tuple[int, int], str] = {}
         for r in sub.iter_rows(named=True):
             i, j = names.index(r["victim"]), names.index(r["co_tenant"])
-            grid[i][j] = r["slowdown"]
-            sig = r["significant"]
-            tag = "" if sig else (" (no CI)" if sig is None else " (n.s.)")
-            notes[(i, j)] = f"{num(r['slowdown'], 3)}x{tag}\n{_short(r['metric'])}"
+            v, s_ = r["tenant_verdict"], r["slowdown"]
+            if v in (HURTS, WELL) and s_ is not None:
+                grid[i][j] = min(s_, vmax)
+            txt = ratio_text(s_, r["slowdown_lo"], r["slowdown_hi"], r["n"]).split(" (")[0]
+            notes[(i, j)] = f"{txt}\n{v}\n{_short(r['metric'])}"
         ax.imshow(grid, cmap=cmap, norm=norm, aspect="equal")
         for i in range(n):
             for j in range(n):
@@ -159,7 +165,7 @@ def interference_heatmap(matrix: pl.DataFrame, tenants: Sequence[str]) -> Figure
         ax.grid(False)
         for s in ax.spines.values():
             s.set_visible(False)
-        ax.set_title(f"worst p99 slowdown, co-located / alone (load x{scale:g})")
+        ax.set_title(f"worst headline slowdown, co-located / alone (load x{scale:g})")
     fig.tight_layout()
     return fig
 
@@ -168,45 +174,51 @@ def _short(metric: str) -> str:
     return label(metric).text.replace(" p99", " p99").replace("inter-token gap", "ITL")
 
 
-def strategy_map(strategies: pl.DataFrame) -> Figure | None:
-    """Each co-located set: gain over running apart (y) against worst slowdown (x)."""
-    s = strategies.filter(
-        (pl.col("n_active") > 1) & pl.col("gain").is_not_null() & pl.col("worst_slowdown").is_not_null()
-    )
+def strategy_map(strategies: pl.DataFrame, margin: float = 0.10) -> Figure | None:
+    """Per co-located set: its worst headline slowdown with the 95% interval, against the
+    margin line, coloured by the set's verdict. Intervals wider than x4 are not drawn (the
+    point is hollow and labelled "not estimable")."""
+    from reports.strategy import CLASS_HURTS, CLASS_UNKNOWN, CLASS_WELL
+    from reports.verdicts import estimable
+
+    s = strategies.filter((pl.col("n_active") > 1) & pl.col("worst_slowdown").is_not_null())
     if s.height == 0:
         return None
     plt = _mpl()
-    from reports.strategy import CLASS_HURTS, CLASS_MILD, CLASS_UNKNOWN, CLASS_WELL, HURT_SLOWDOWN
-
-    colors = {CLASS_WELL: "#3a9a5b", CLASS_MILD: "#d99a2b", CLASS_HURTS: "#c2403a", CLASS_UNKNOWN: MUTED}
-    fig, ax = plt.subplots(figsize=(7.2, 4.0))
-    xmax = max(_num(s["worst_slowdown_hi"].fill_null(s["worst_slowdown"]).max(), 1.0), HURT_SLOWDOWN) * 1.08
-    ax.axvspan(HURT_SLOWDOWN, xmax, color="#fbeceb", zorder=0)
-    ax.axvline(1.0, color=MUTED, lw=0.8, ls="--")
-    ax.text(HURT_SLOWDOWN, 0.02, f"  hurts (≥ {num(HURT_SLOWDOWN)}x)", transform=ax.get_xaxis_transform(),
-            color="#c2403a", fontsize=8, va="bottom")
-    placed: list[tuple[float, float]] = []
-    xspan = max(xmax - 0.9, 0.1)
-    yspan = max(_num(s["gain"].max(), 1.0), 1.0)
-    for r in s.sort("gain", descending=True).iter_rows(named=True):
+    colors = {CLASS_WELL: "#3a9a5b", CLASS_HURTS: "#c2403a", CLASS_UNKNOWN: MUTED}
+    s = s.with_columns(pl.col("worst_slowdown").clip(1e-3, 1e3)).sort("worst_slowdown")
+    fig, ax = plt.subplots(figsize=(7.6, 1.2 + 0.5 * s.height))
+    bound = 1.0 + margin
+    ax.axvline(1.0, color=MUTED, lw=0.8, ls=":")
+    ax.axvline(bound, color="#c2403a", lw=1.0, ls="--")
+    ax.text(bound, 0.01, f" 1 + margin = {bound:g}", transform=ax.get_xaxis_transform(),
+            color="#c2403a", fontsize=7.5, va="bottom")
+    labels = []
+    for y, r in enumerate(s.iter_rows(named=True)):
         c = colors.get(r["classification"], MUTED)
-        x, y = r["worst_slowdown"], r["gain"]
-        lo, hi = r["worst_slowdown_lo"], r["worst_slowdown_hi"]
-        if lo is not None and hi is not None:
-            ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="none", ecolor=c, alpha=0.5, capsize=3)
-        ax.scatter([x], [y], s=60, color=c, zorder=3, edgecolor="white", linewidth=1)
+        x, lo, hi = r["worst_slowdown"], r["worst_slowdown_lo"], r["worst_slowdown_hi"]
+        ok = estimable(lo, hi)
+        if ok:
+            ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="none", ecolor=c, capsize=3, lw=1.4)
+        ax.scatter([x], [y], s=55, zorder=3, color=c if ok else "white", edgecolor=c, linewidth=1.5)
         tag = "" if r["rate_scale"] == 1.0 else f" (x{r['rate_scale']:g})"
-        near = sum(1 for px, py in placed if abs(px - x) < 0.06 * xspan and abs(py - y) < 0.06 * yspan)
-        placed.append((x, y))
-        ax.annotate(r["active_set"].replace("+", " + ") + tag, (x, y), textcoords="offset points",
-                    xytext=(7, 5 - 12 * near), fontsize=8, color=INK)
-    ax.set_xlim(min(0.9, _num(s["worst_slowdown_lo"].fill_null(1.0).min(), 1.0)) * 0.97, xmax)
-    ymax = _num(s["gain"].max(), 1.0)
-    ax.set_ylim(0, ymax * 1.25)
-    ax.axhline(1.0, color=MUTED, lw=0.8, ls=":")
-    ax.set_xlabel("worst slowdown of a tenant's p99 latency (co-located / alone; 95% CI)")
-    ax.set_ylabel("goodput per GPU vs running apart")
-    ax.set_title("Which sets share well: up is more goodput per GPU, left is less slowdown")
+        labels.append(r["active_set"].replace("+", " + ") + tag)
+        note = r["classification"] + ("" if ok else f", not estimable with {r['worst_n']} blocks")
+        ax.annotate(note, (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=7.5, color=c)
+    ax.set_yticks(range(s.height), labels, fontsize=8)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo_x, hi_x = ax.get_xlim()
+    ticks = [v for v in (0.25, 0.5, 0.8, 1.0, bound, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 30.0, 100.0)
+             if lo_x <= v <= hi_x]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: num(v, 2)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(-0.7, s.height - 0.3)
+    ax.set_xlabel("worst headline slowdown of a tenant (co-located / alone, 95% CI; log scale)")
+    ax.set_title("Worst headline slowdown per set (95% CI) against 1 + margin")
     fig.tight_layout()
     return fig
 

@@ -8,17 +8,12 @@ from typing import Any
 import polars as pl
 
 from reports.analysis import Analysis
+from reports.batch import FLAG_TEXT as BATCH_FLAG
+from reports.conditions import summary as conditions_summary
 from reports.metrics import num
-from reports.stats import MAX_REL_HALF_WIDTH
-from reports.strategy import (
-    CLASS_HURTS,
-    CLASS_MILD,
-    CLASS_UNKNOWN,
-    CLASS_WELL,
-    HURT_ATTAINMENT_DROP,
-    HURT_SLOWDOWN,
-    set_name,
-)
+from reports.strategy import CLASS_HURTS, CLASS_UNKNOWN, CLASS_WELL, set_name
+from reports.tails import TOO_FEW
+from reports.verdicts import ratio_text
 
 
 def machine(a: Analysis) -> str:
@@ -70,8 +65,28 @@ def what_was_run(a: Analysis) -> str:
     return " ".join(parts)
 
 
+def method_line(a: Analysis) -> str:
+    """How the verdicts were reached: margin, level, the family and its correction, MDE."""
+    st = a.settings
+    fam = a.interference.filter(pl.col("in_family"))
+    untested = a.interference.filter(pl.col("headline") & ~pl.col("in_family")).height
+    txt = (f"Verdicts: margin {num(100 * st.margin)}% (hurts when the {num(100 * st.level)}% "
+           f"interval of a slowdown lies above {1 + st.margin:g}x, shares well when it lies below); "
+           f"family: {fam.height} headline figure{'s' if fam.height != 1 else ''} tested, "
+           f"{st.method_name} correction")
+    if untested:
+        txt += f" ({untested} more headline figures had no test: too few blocks, or no interval)"
+    mde = fam["mde"].drop_nulls()
+    if mde.len():
+        vals = sorted(float(v) for v in mde.to_list())
+        lo, mid, hi = vals[0], vals[len(vals) // 2], vals[-1]
+        txt += (f"; the smallest slowdown this design detects with 80% power is "
+                f"{num(100 * mid, 2)}% (median over the family; {num(100 * lo, 2)}–{num(100 * hi, 2)}%)")
+    return txt + "."
+
+
 def headlines(a: Analysis) -> list[str]:
-    """The few sentences a newcomer reads first."""
+    """The few sentences a newcomer reads first: only what the data establishes."""
     s = a.strategies.filter(pl.col("n_active") > 1)
     out: list[str] = []
     if s.height == 0:
@@ -79,33 +94,34 @@ def headlines(a: Analysis) -> list[str]:
             "Only isolated experiments completed, so there is no co-location to judge; "
             "the tenant sections give each tenant's figures alone."
         )
-    well = s.filter(pl.col("classification") == CLASS_WELL)
-    mild = s.filter(pl.col("classification") == CLASS_MILD)
-    hurts = s.filter(pl.col("classification") == CLASS_HURTS)
+    well = s.filter(pl.col("classification") == CLASS_WELL).sort("rank")
+    hurts = s.filter(pl.col("classification") == CLASS_HURTS).sort("rank", descending=True)
     unknown = s.filter(pl.col("classification") == CLASS_UNKNOWN)
     if well.height:
-        out.append(f"Shares well — {_best(well)}")
+        out.append(f"Shares well — {_first(well)}")
         if well.height > 1:
             out.append("Also sharing well: " + _names(well[1:]) + ".")
-    if mild.height:
-        out.append(f"Mild interference — {_best(mild)}")
     if hurts.height:
-        worst = hurts.sort("worst_slowdown", descending=True, nulls_last=True).row(0, named=True)
-        out.append(f"Hurts — {worst['verdict']}.")
+        out.append(f"Hurts — {_first(hurts)}")
         if hurts.height > 1:
-            out.append("Also hurting: " + _names(hurts.filter(pl.col("group_id") != worst["group_id"])) + ".")
+            out.append("Also hurting: " + _names(hurts[1:]) + ".")
     if unknown.height:
         out.append(
-            f"Not measurable yet: {_names(unknown)} (one repetition or no baseline); "
-            "run more repetitions to rank them."
+            f"Not established (not ranked): {_names(unknown)} — the data cannot say whether "
+            f"{'it hurts' if unknown.height == 1 else 'they hurt'} or share well at a margin of "
+            f"{num(100 * a.settings.margin)}%; more blocks would tell (a tail figure needs at least 5)."
         )
-    flat = s.filter(pl.col("worst_significant").is_not_null() & ~pl.col("worst_significant").fill_null(True))
-    if flat.height:
-        out.append(
-            f"{flat.height} of {s.height} co-located sets show no measurable interference at this load "
-            "(the 95% interval of the worst slowdown contains 1.0): more repetitions or a higher rate "
-            "would separate them."
-        )
+    if s.height:
+        out.append(method_line(a))
+    lost = a.interference.filter(
+        pl.col("in_family") & (pl.col("verdict") == CLASS_UNKNOWN)
+        & pl.col("reason").str.contains("not after", literal=True))
+    if lost.height:
+        out.append(f"{lost.height} headline figure{'s' if lost.height != 1 else ''} whose interval "
+                   f"excludes {1 + a.settings.margin:g}x {'are' if lost.height != 1 else 'is'} not "
+                   f"established after the {a.settings.method_name} correction.")
+    out += _batch_lines(a)
+    out += [c[0].upper() + c[1:] + "." for c in conditions_summary(a.conditions)]
     if a.failures.height:
         f = a.failures
         what = "; ".join(
@@ -113,16 +129,25 @@ def headlines(a: Analysis) -> list[str]:
             for r in f.head(3).iter_rows(named=True)
         )
         more = f" and {f.height - 3} more" if f.height > 3 else ""
-        out.append(f"{f.height} experiment{'s' if f.height != 1 else ''} did not complete ({what}{more}); their groups have fewer repetitions.")
+        out.append(f"{f.height} experiment{'s' if f.height != 1 else ''} did not complete ({what}{more}); "
+                   "their blocks have no pair.")
     return out
 
 
-def _best(df: pl.DataFrame) -> str:
+def _batch_lines(a: Analysis) -> list[str]:
+    hit = a.strategies.filter(pl.col("batch_limit").is_not_null())
+    return [f"{set_name(r['active_set'])}: {r['batch_limit']} — {BATCH_FLAG}."
+            for r in hit.iter_rows(named=True)]
+
+
+def _first(df: pl.DataFrame) -> str:
     return str(df.row(0, named=True)["verdict"]) + "."
 
 
 def _names(df: pl.DataFrame) -> str:
-    return ", ".join(set_name(x) for x in df["active_set"].to_list())
+    return ", ".join(
+        set_name(r["active_set"]) + ("" if r["rate_scale"] == 1.0 else f" (x{r['rate_scale']:g})")
+        for r in df.iter_rows(named=True))
 
 
 def definitions() -> Sequence[tuple[str, str]]:
@@ -130,24 +155,28 @@ def definitions() -> Sequence[tuple[str, str]]:
         ("goodput", "requests per second, in the measurement window, that ended ok and met every SLO "
          "of their tenant (TTFT, TPOT, E2E targets from the spec; a tenant without SLOs counts every "
          "ok request)."),
-        ("running them apart", "each tenant of the set alone on a GPU of its own, at the same load: the sum "
-         "of the tenants' isolated goodputs divided by the number of tenants (GPUs they would need), "
-         "i.e. goodput per GPU apart."),
-        ("gain", "goodput per GPU when the set shares one GPU / goodput per GPU apart. 2.0x for two "
-         "tenants means both keep all their goodput on half the hardware; 1.0x means sharing buys nothing."),
-        ("slowdown", "a tenant's figure co-located / the same figure alone (same load, same residency). "
-         "For throughput and goodput it is alone / co-located, so above 1 is always worse."),
-        ("worst slowdown", "the largest slowdown among the set's tenants on their p99 latencies "
-         "(TTFT, TPOT and E2E of decoders, E2E of the encoder) that its interval confirms; where none "
-         "is confirmed, the largest point estimate, marked ~ (not measurable)."),
-        ("95% CI", "Student t interval over repetitions; for ratios a log-scale delta-method interval "
-         "with Welch degrees of freedom. When it contains 1.0 the difference is not measurable at this "
-         "load and number of repetitions."),
-        ("† too wide to rank", f"one repetition, or a half-width above {num(100 * MAX_REL_HALF_WIDTH)}% "
-         "of the mean: do not rank on that figure."),
-        ("shares well / mild / hurts", f"hurts: a worst slowdown of at least {num(HURT_SLOWDOWN)}x that "
-         f"the interval confirms, or SLO attainment more than {num(100 * HURT_ATTAINMENT_DROP)} points "
-         "below alone; mild: a confirmed slowdown below that; shares well: the rest."),
+        ("block", "one repetition: the tenant gets the same arrival trace alone and co-located, so the "
+         "two experiments of a block form a pair. n is the number of blocks where both arms completed."),
+        ("slowdown", "a tenant's figure co-located / the same figure alone in the same block; the "
+         "estimate is the geometric mean over blocks. For throughput, goodput and attainment it is "
+         "alone / co-located, so above 1 is always worse."),
+        ("interval", "t interval over the blocks' log ratios (paired); with fewer than 5 blocks in a "
+         "cell the residual variance is pooled over the campaign's cells of that figure "
+         "(report.pool_variance). p99 figures are taken over the requests pooled per arm, with an "
+         "interval from resampling blocks (at least 5). An interval wider than x4 is printed as "
+         "\"not estimable with n blocks\"."),
+        ("hurts / shares well / not established", "hurts: the interval's lower bound lies above "
+         "1 + margin; shares well: its upper bound lies below 1 + margin; otherwise not established. "
+         "The headline figures (TPOT p50, TTFT p99, E2E p99 of decoders; E2E p50 and p99 of the "
+         "encoder) form the family that is tested, corrected for multiplicity. A set hurts if any "
+         "headline figure hurts and shares well only if all do; sets not established are never ranked."),
+        ("minimum detectable effect", "exp((t(1-a/2, df) + t(0.8, df)) x sd / sqrt(n)) - 1 with sd "
+         "the measured residual sd of the log ratios: the smallest slowdown the design finds with "
+         "80% power."),
+        ("censoring", "a request that ended in error, timeout or drop is an SLO miss and infinitely "
+         "slow in every percentile; a percentile past the share of failed requests is infinite."),
+        ("batch limit", "Little's law: requests in flight = throughput x mean E2E; at 90% of "
+         "max_num_seqs or more, the figure measures the configuration, not the GPU."),
         ("TTFT / TPOT / E2E", "TTFT = first token - sent; TPOT = (done - first token) / (output tokens - 1); "
          "inter-token gap = each gap between streamed chunks; E2E = done - sent; E2E incl. queue = "
          "done - scheduled, which adds the client-side delay before sending."),
@@ -162,9 +191,7 @@ def fmt_ci(mean: float | None, hw: float | None, scale: float = 1.0, digits: int
     return s if hw is None else f"{s} ± {num(hw * scale, 2)}"
 
 
-def fmt_ratio(r: dict[str, Any], key: str = "slowdown") -> str:
-    v = r.get(key)
-    if v is None:
-        return "–"
-    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
-    return f"{num(v, 3)}x" + (f" ({num(lo, 3)}–{num(hi, 3)})" if lo is not None and hi is not None else "")
+def fmt_ratio(r: dict[str, Any], key: str = "slowdown", n_key: str = "n") -> str:
+    """A slowdown with its interval, or "not estimable with n blocks" (reports.verdicts)."""
+    why = TOO_FEW if r.get("method") == TOO_FEW else None
+    return ratio_text(r.get(key), r.get(f"{key}_lo"), r.get(f"{key}_hi"), r.get(n_key), why=why)

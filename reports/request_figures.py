@@ -1,9 +1,15 @@
 """Per experiment x tenant request figures: counts, latency statistics, the SLO verdict, and
 the distributions and rates the figures draw.
 
-Only rows with ``in_window`` true count; latencies are over ok requests only; percentiles
-interpolate linearly (reports.stats). The definitions of the rates and of goodput are in
-`reports.aggregate`'s docstring.
+Only rows with ``in_window`` true count; percentiles interpolate linearly (reports.stats).
+The definitions of the rates and of goodput are in `reports.aggregate`'s docstring.
+
+Censoring: a request that is not ok (error, timeout, dropped) has an infinite latency in
+every percentile (TTFT and TPOT of completions, E2E of every request): the percentile runs
+over a column where those rows are +inf, so an overloaded tenant's p99 reads infinite
+instead of low, and its SLO attainment counts the request as a miss. Means of latencies are
+over ok requests only (an infinite mean says nothing); verdicts never use them. The
+inter-token gaps are the gaps of ok requests.
 """
 
 from __future__ import annotations
@@ -39,6 +45,15 @@ def _derived(lf: pl.LazyFrame) -> pl.LazyFrame:
         send_delay_s=pl.col("sent_s") - pl.col("scheduled_s"),
         is_embedding=(pl.col("kind") == "embedding").fill_null(False),
     )
+    inf = pl.lit(float("inf"))
+    failed = ~pl.col("ok")
+    completion = ~pl.col("is_embedding")
+    lf = lf.with_columns(
+        ttft_censored_s=pl.when(failed & completion).then(inf).otherwise(pl.col("ttft_s")),
+        tpot_censored_s=pl.when(failed & completion).then(inf).otherwise(pl.col("tpot_s")),
+        e2e_censored_s=pl.when(failed).then(inf).otherwise(pl.col("e2e_s")),
+        e2e_incl_queue_censored_s=pl.when(failed).then(inf).otherwise(pl.col("e2e_incl_queue_s")),
+    )
 
     def meets(value: str, target: str) -> pl.Expr:
         return pl.col(target).is_null() | pl.col(value).is_null() | (pl.col(value) <= pl.col(target))
@@ -51,10 +66,13 @@ def _derived(lf: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _stat_exprs(col: str, prefix: str) -> list[pl.Expr]:
+def _stat_exprs(col: str, prefix: str, censored: str | None = None) -> list[pl.Expr]:
+    """The mean of ``col`` (ok requests) and its percentiles, over ``censored`` where given
+    (the column where requests that are not ok are +inf)."""
     out = [pl.col(col).mean().alias(f"{prefix}_mean_s")]
+    qcol = pl.col(censored or col)
     for name, q in QUANTILES.items():
-        out.append(pl.col(col).quantile(q, interpolation="linear").alias(f"{prefix}_{name}_s"))
+        out.append(qcol.quantile(q, interpolation="linear").alias(f"{prefix}_{name}_s"))
     return out
 
 
@@ -83,7 +101,7 @@ def request_figures(
     ]
     for fam in LATENCIES:
         if fam != "itl":
-            aggs += _stat_exprs(f"{fam}_s", fam)
+            aggs += _stat_exprs(f"{fam}_s", fam, f"{fam}_censored_s")
     frames = []
     for files in passes(run, rows_per_pass):
         lf = scan_files(files, dict(REQUEST_SCHEMA), REQUEST_COLUMNS).filter(

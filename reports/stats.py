@@ -4,7 +4,13 @@
   Polars' ``interpolation="linear"``): p50 of [1, 2, 3, 4] is 2.5, p90 is 3.7.
 * A mean's 95% confidence interval is the Student t interval over repetitions:
   ``mean ± t(0.975, n-1) * sd / sqrt(n)`` with the sample standard deviation (ddof 1).
-* A ratio of two means (co-located / alone, run B / run A) gets its interval on the
+* Two unpaired sets of runs (run B against run A in ``cotenant compare``, where the
+  experiments were not paired by construction) get ``welch_log_ratio``: Welch's t on the
+  log figures, ``exp(mean log b - mean log a)`` with the Welch-Satterthwaite df.
+* ``ratio_ci`` is the *old* unpaired analysis of interference (the ratio of two arithmetic
+  means with a delta-method interval). The reports no longer use it: interference is paired
+  (`reports.paired`); it stays for benchmarks/stats_coverage.py, which sets the two side by
+  side. It is the ratio of two means, ``mean_a / mean_b``, with its interval on the
   log scale by the delta method, with Welch-Satterthwaite degrees of freedom::
 
       r = mA / mB
@@ -156,6 +162,40 @@ def ratio_ci_of(a: list[float], b: list[float], level: float = LEVEL) -> RatioCI
     """``ratio_ci`` from the repetition values themselves."""
     ca, cb = mean_ci(a, level), mean_ci(b, level)
     return ratio_ci(ca.mean, ca.sd, ca.n, cb.mean, cb.sd, cb.n, level)
+
+
+@dataclass(frozen=True)
+class LogRatio:
+    """``b / a`` from unpaired runs, on the log scale (exp() gives the ratio)."""
+
+    n_a: int
+    n_b: int
+    log_est: float | None
+    log_lo: float | None = None
+    log_hi: float | None = None
+    se: float | None = None
+    df: float | None = None
+
+
+def welch_log_ratio(b: list[float] | np.ndarray, a: list[float] | np.ndarray,
+                    level: float = LEVEL) -> LogRatio:
+    """Welch's t interval of ``mean log b - mean log a`` (values must be positive and
+    finite; others are left out). Needs two values on each side for an interval."""
+    lb = np.log([v for v in np.asarray(b, dtype=float) if v > 0 and math.isfinite(v)])
+    la = np.log([v for v in np.asarray(a, dtype=float) if v > 0 and math.isfinite(v)])
+    na, nb = int(la.size), int(lb.size)
+    if na == 0 or nb == 0:
+        return LogRatio(na, nb, None)
+    est = float(lb.mean() - la.mean())
+    if na < 2 or nb < 2:
+        return LogRatio(na, nb, est)
+    va, vb = float(la.var(ddof=1)) / na, float(lb.var(ddof=1)) / nb
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return LogRatio(na, nb, est, est, est, 0.0, math.inf)
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    q = t_quantile(0.5 + level / 2, df)
+    return LogRatio(na, nb, est, est - q * se, est + q * se, se, df)
 
 
 def percentile(values: list[float] | np.ndarray, q: float) -> float | None:

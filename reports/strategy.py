@@ -1,41 +1,37 @@
-"""Strategy ranking: which sets of tenants share a GPU well.
+"""Strategy ranking: which sets of tenants share a GPU well, as far as the data establishes.
 
 For each group (resident set x active set x rate scale):
 
-* goodput per GPU: the sum of the active tenants' goodput (mean over repetitions); the
-  set runs on one GPU.
-* running them apart: each active tenant alone on a GPU of its own (its isolated group at
-  the same rate scale), so ``sum of the isolated goodputs / number of tenants`` per GPU.
-* gain = goodput per GPU together / goodput per GPU apart: 2.0 for two tenants that keep
-  all of their goodput when they share, 1.0 when sharing buys nothing.
-* worst slowdown: the largest slowdown (co-located / alone, reports.interference) over the
-  active tenants' headline latencies (p99 TTFT, TPOT and E2E of decoders; p99 E2E of the
-  encoder) whose interval confirms it (lies above 1.0); where none is confirmed, the largest
-  point estimate, flagged as not measurable.
-* SLO attainment: requests that met every SLO / requests, pooled over tenants and
-  repetitions; next to the same tenants' attainment alone.
+* set verdict (`reports.verdicts`): *hurts* if any tenant's headline figure hurts; *shares
+  well* if every tenant's headline figures share well; otherwise *not established*. The
+  headline figures are the family the report tests, with the multiplicity correction.
+* worst slowdown: the headline figure with the largest slowdown estimate among the set's
+  tenants, with its interval (or "not estimable with n blocks") and n. It orders sets within
+  a verdict; adjacent ranks are not tested against each other.
+* ranking: only established sets are ranked, those that share well first, those that hurt
+  last, each class by its worst slowdown (smallest first). Sets not established are listed
+  apart and never ranked; the tenants alone are the baselines.
+* goodput together and SLO attainment (requests that met every SLO / requests, pooled over
+  tenants and blocks, next to the same tenants alone) are descriptive: no verdict uses them.
+* batch limit: a tenant whose rate needs more requests in flight than its ``max_num_seqs``
+  (`reports.batch`) measures the configuration, not the GPU; the set says so.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import polars as pl
 
-from reports.interference import VERDICT_NONE, baselines, worst_headline
+from reports.interference import baselines, worst_headline
 from reports.metrics import label, num
-
-# a set "hurts" when a tenant's headline latency gets this much worse (and the CI says so),
-# or when SLO attainment drops by this many points compared with the tenants alone
-HURT_SLOWDOWN = 1.25
-HURT_ATTAINMENT_DROP = 0.05
+from reports.tails import TOO_FEW
+from reports.verdicts import HURTS, NOT_ESTABLISHED, WELL, blocks, combine, ratio_text
 
 CLASS_BASELINE = "baseline"
-CLASS_WELL = "shares well"
-CLASS_MILD = "mild interference"
-CLASS_HURTS = "hurts"
-CLASS_UNKNOWN = "not measurable"
+CLASS_WELL = WELL
+CLASS_HURTS = HURTS
+CLASS_UNKNOWN = NOT_ESTABLISHED
 
 SCHEMA: dict[str, Any] = {
     "rank": pl.Int64,
@@ -45,21 +41,24 @@ SCHEMA: dict[str, Any] = {
     "rate_scale": pl.Float64,
     "n_active": pl.Int64,
     "repetitions": pl.Int64,
-    "goodput_per_gpu_rps": pl.Float64,
-    "goodput_half_width": pl.Float64,
-    "apart_goodput_per_gpu_rps": pl.Float64,
-    "gain": pl.Float64,
+    "goodput_rps": pl.Float64,  # the set's goodput together (sum of the tenants' means)
     "slo_attainment": pl.Float64,
-    "apart_slo_attainment": pl.Float64,
+    "alone_slo_attainment": pl.Float64,
     "worst_tenant": pl.Utf8,
     "worst_metric": pl.Utf8,
+    "worst_n": pl.Int64,
     "worst_slowdown": pl.Float64,
     "worst_slowdown_lo": pl.Float64,
     "worst_slowdown_hi": pl.Float64,
-    "worst_significant": pl.Boolean,
-    "too_wide_to_rank": pl.Boolean,
-    "classification": pl.Utf8,
-    "verdict": pl.Utf8,
+    "worst_estimable": pl.Boolean,
+    "worst_method": pl.Utf8,
+    "headline_figures": pl.Int64,
+    "hurts_figures": pl.Int64,
+    "well_figures": pl.Int64,
+    "batch_limit": pl.Utf8,  # tenants whose batch limit binds, comma separated
+    "established": pl.Boolean,
+    "classification": pl.Utf8,  # baseline | shares well | hurts | not established
+    "verdict": pl.Utf8,  # one plain sentence
 }
 
 
@@ -74,96 +73,88 @@ def _pooled_attainment(exp: pl.DataFrame, pairs: list[tuple[str, str]]) -> float
     return None if req == 0 else float(sel["met"].sum() or 0) / req
 
 
-def strategy_table(exp: pl.DataFrame, stats: pl.DataFrame, inter: pl.DataFrame) -> pl.DataFrame:
-    """One row per group: co-located sets ranked (classification, then gain, then worst
-    slowdown), the isolated baselines after them without a rank."""
+def _worst(inter: pl.DataFrame, gid: str) -> dict[str, Any]:
+    w = worst_headline(inter.filter(pl.col("group_id") == gid))
+    if w.height == 0:
+        return {}
+    top = w.sort("slowdown", descending=True, nulls_last=True).row(0, named=True)
+    return {
+        "worst_tenant": top["tenant"], "worst_metric": top["metric"], "worst_n": top["n"],
+        "worst_slowdown": top["slowdown"], "worst_slowdown_lo": top["slowdown_lo"],
+        "worst_slowdown_hi": top["slowdown_hi"], "worst_estimable": top["estimable"],
+        "worst_method": top["method"],
+    }
+
+
+def strategy_table(exp: pl.DataFrame, stats: pl.DataFrame, inter: pl.DataFrame,
+                   batch_flags: set[tuple[str, str]] | None = None) -> pl.DataFrame:
+    """One row per group: established co-located sets ranked, the others apart, baselines last."""
     base = baselines(exp)
     good = {
-        (r["group_id"], r["tenant"]): r
+        (r["group_id"], r["tenant"]): r["mean"]
         for r in stats.filter(pl.col("metric") == "goodput_rps").iter_rows(named=True)
     }
-    worst = worst_headline(inter)
     reps = exp.group_by("group_id").agg(pl.col("repetition").n_unique().alias("reps"))
     nrep = dict(zip(reps["group_id"].to_list(), reps["reps"].to_list(), strict=True))
+    flags = batch_flags or set()
     rows: list[dict[str, Any]] = []
-    meta = exp.select("group_id", "active_set", "resident_set", "n_active", "rate_scale").unique(
+    for g in exp.select("group_id", "active_set", "resident_set", "n_active", "rate_scale").unique(
         maintain_order=True
-    )
-    for g in meta.iter_rows(named=True):
+    ).iter_rows(named=True):
         gid = g["group_id"]
         tenants = g["active_set"].split("+")
         row: dict[str, Any] = dict(g) | {"repetitions": nrep.get(gid, 0)}
         gs = [good.get((gid, t)) for t in tenants]
-        if all(x is not None and x["mean"] is not None for x in gs):
-            row["goodput_per_gpu_rps"] = sum(x["mean"] for x in gs if x)
-            hws = [x["half_width"] for x in gs if x]
-            row["goodput_half_width"] = (
-                math.sqrt(sum(h * h for h in hws)) if all(h is not None for h in hws) else None
-            )
-            row["too_wide_to_rank"] = any(bool(x["too_wide"]) for x in gs if x)
-        iso = [(base.get((gid, t)), t) for t in tenants]
-        iso_g = [good.get((b, t)) if b else None for b, t in iso]
-        if all(x is not None and x["mean"] is not None for x in iso_g):
-            apart = sum(x["mean"] for x in iso_g if x) / len(tenants)
-            row["apart_goodput_per_gpu_rps"] = apart
-            if apart > 0 and row.get("goodput_per_gpu_rps") is not None:
-                row["gain"] = row["goodput_per_gpu_rps"] / apart
+        row["goodput_rps"] = sum(x for x in gs if x is not None) if all(x is not None for x in gs) else None
         row["slo_attainment"] = _pooled_attainment(exp, [(gid, t) for t in tenants])
-        row["apart_slo_attainment"] = _pooled_attainment(exp, [(b, t) for b, t in iso if b])
-        if g["n_active"] > 1 and worst.height:
-            confirmed = (pl.col("significant").fill_null(False) & (pl.col("slowdown") > 1)).alias("_c")
-            w = (
-                worst.filter(pl.col("group_id") == gid)
-                .with_columns(confirmed)
-                .sort(["_c", "slowdown"], descending=[True, True])
-            )
-            if w.height:
-                top = w.row(0, named=True)
-                row |= {
-                    "worst_tenant": top["tenant"],
-                    "worst_metric": top["metric"],
-                    "worst_slowdown": top["slowdown"],
-                    "worst_slowdown_lo": top["slowdown_lo"],
-                    "worst_slowdown_hi": top["slowdown_hi"],
-                    "worst_significant": top["significant"],
-                }
-        row["classification"] = classify(row)
+        iso = [(base[(gid, t)], t) for t in tenants if (gid, t) in base]
+        row["batch_limit"] = ", ".join(t for t in tenants if (gid, t) in flags) or None
+        if g["n_active"] == 1:
+            row["classification"] = CLASS_BASELINE
+        else:
+            row["alone_slo_attainment"] = _pooled_attainment(exp, iso)
+            h = inter.filter((pl.col("group_id") == gid) & pl.col("headline"))
+            verdicts = h["verdict"].to_list()
+            missing = [t for t in tenants if (gid, t) not in base]
+            row["classification"] = NOT_ESTABLISHED if missing else combine(verdicts)
+            row["headline_figures"] = h.height
+            row["hurts_figures"] = verdicts.count(HURTS)
+            row["well_figures"] = verdicts.count(WELL)
+            row |= _worst(inter, gid)
+            row["_why"] = _why_not(h, missing)
+        row["established"] = row["classification"] in (CLASS_WELL, CLASS_HURTS)
         row["verdict"] = verdict(row)
         rows.append(row)
     if not rows:
         return pl.DataFrame(schema=SCHEMA)
-    df = pl.DataFrame(rows, schema={k: v for k, v in SCHEMA.items() if k != "rank"})
-    order = {CLASS_WELL: 0, CLASS_MILD: 1, CLASS_UNKNOWN: 2, CLASS_HURTS: 3, CLASS_BASELINE: 4}
+    for r in rows:
+        r.pop("_why", None)
+    return rank(pl.DataFrame(rows, schema={k: v for k, v in SCHEMA.items() if k != "rank"}))
+
+
+def rank(df: pl.DataFrame) -> pl.DataFrame:
+    """Established sets ranked (shares well, then hurts; each by worst slowdown); the sets
+    not established after them without a rank, then the baselines."""
+    order = {CLASS_WELL: 0, CLASS_HURTS: 1, CLASS_UNKNOWN: 2, CLASS_BASELINE: 3}
     df = df.with_columns(
-        pl.col("classification").replace_strict(order, default=5, return_dtype=pl.Int64).alias("_c"),
-        (pl.col("n_active") == 1).alias("_iso"),
-    ).sort(
-        ["_iso", "_c", "gain", "worst_slowdown"],
-        descending=[False, False, True, False],
-        nulls_last=True,
-    )
+        pl.col("classification").replace_strict(order, default=4, return_dtype=pl.Int64).alias("_c")
+    ).sort(["_c", "worst_slowdown"], descending=[False, False], nulls_last=True)
+    # established sets sort first, so their ranks run 1..k
     df = df.with_columns(
-        pl.when(~pl.col("_iso")).then(pl.int_range(1, pl.len() + 1)).otherwise(None).alias("rank")
-    ).drop("_c", "_iso")
+        pl.when(pl.col("established")).then(pl.int_range(1, pl.len() + 1)).otherwise(None).alias("rank")
+    ).drop("_c")
     return df.select(list(SCHEMA)).cast(SCHEMA)  # type: ignore[arg-type]
 
 
-def classify(row: dict[str, Any]) -> str:
-    if row["n_active"] == 1:
-        return CLASS_BASELINE
-    s = row.get("worst_slowdown")
-    att, att0 = row.get("slo_attainment"), row.get("apart_slo_attainment")
-    drop = (att0 - att) if att is not None and att0 is not None else 0.0
-    if s is None:
-        return CLASS_UNKNOWN
-    sig = row.get("worst_significant")
-    if (sig and s >= HURT_SLOWDOWN) or drop > HURT_ATTAINMENT_DROP:
-        return CLASS_HURTS
-    if sig is None:  # one repetition: only a slowdown past the threshold is taken at face value
-        return CLASS_HURTS if s >= HURT_SLOWDOWN else CLASS_UNKNOWN
-    if sig and s > 1.0:
-        return CLASS_MILD
-    return CLASS_WELL
+def _why_not(h: pl.DataFrame, missing: list[str]) -> str:
+    if missing:
+        return f"no isolated baseline for {', '.join(missing)}"
+    pend = h.filter(pl.col("verdict") == NOT_ESTABLISHED)
+    if pend.height == 0:
+        return ""
+    first = pend.row(0, named=True)
+    more = f" (and {pend.height - 1} more figure{'s' if pend.height > 2 else ''})" if pend.height > 1 else ""
+    return f"{first['tenant']} {label(first['metric']).text}: {first['reason']}{more}"
 
 
 def set_name(active_set: str) -> str:
@@ -171,49 +162,31 @@ def set_name(active_set: str) -> str:
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """One plain sentence, e.g. "a + b: 1.9x the goodput of running them apart, worst ..."."""
+    """One plain sentence, e.g. "a + b: hurts — worst slowdown 1.9x on a TPOT p50 (...)"."""
     name = set_name(row["active_set"])
     scale = "" if row["rate_scale"] == 1.0 else f" at load x{row['rate_scale']:g}"
+    n = row.get("repetitions")
     if row["n_active"] == 1:
-        g = row.get("goodput_per_gpu_rps")
-        return f"{name} alone{scale}: baseline, goodput {num(g)} req/s"
-    parts = [f"{name}{scale}:"]
-    gain = row.get("gain")
-    parts.append(
-        f"{num(gain, 2)}x the goodput of running them apart"
-        if gain is not None
-        else "no isolated baseline for every tenant, so no gain"
-    )
-    s = row.get("worst_slowdown")
-    if s is None:
-        return " ".join(parts) + "; no slowdown figure (a tenant lacks its isolated baseline)"
-    lab = label(row["worst_metric"]).text
-    txt = f", worst slowdown {num(s, 3)}x on {row['worst_tenant']} {lab}"
-    lo, hi = row.get("worst_slowdown_lo"), row.get("worst_slowdown_hi")
-    if lo is not None and hi is not None:
-        txt += f" (95% CI {num(lo, 3)}–{num(hi, 3)})"
-    parts[-1] += txt
-    att = row.get("slo_attainment")
+        return f"{name} alone{scale}: baseline, goodput {num(row.get('goodput_rps'))} req/s ({blocks(n)})"
+    cls = row["classification"]
+    out = f"{name}{scale}: {cls}"
+    if row.get("worst_metric"):
+        why = TOO_FEW if row.get("worst_method") == TOO_FEW else None
+        ratio = ratio_text(row.get("worst_slowdown"), row.get("worst_slowdown_lo"),
+                           row.get("worst_slowdown_hi"), row.get("worst_n"), why=why)
+        out += (f" — worst headline slowdown {ratio} on {row['worst_tenant']} "
+                f"{label(row['worst_metric']).text}")
+    if cls == CLASS_HURTS:
+        out += f"; {row.get('hurts_figures')} of {row.get('headline_figures')} headline figures hurt"
+    elif cls == CLASS_WELL:
+        out += f"; all {row.get('headline_figures')} headline figures share well"
+    elif row.get("_why"):
+        out += f"; not established: {row['_why']}"
+    att, att0 = row.get("slo_attainment"), row.get("alone_slo_attainment")
     if att is not None:
-        parts[-1] += f", SLO attainment {num(100 * att, 3)}%"
-        att0 = row.get("apart_slo_attainment")
+        out += f"; SLO attainment {num(100 * att, 3)}%"
         if att0 is not None:
-            parts[-1] += f" (alone {num(100 * att0, 3)}%)"
-    out = " ".join(parts)
-    sig = row.get("worst_significant")
-    if sig is None:
-        out += (
-            "; one repetition, so no interval: run at least 3 repetitions before ranking on this"
-        )
-    elif not sig and classify(row) == CLASS_HURTS:
-        # it hurts through SLO attainment, not through a slowdown the interval can confirm
-        out += (
-            "; it hurts through SLO attainment: the latency slowdown itself is not measurable "
-            "at this load (its interval contains 1.0)"
-        )
-    elif not sig:
-        out += (
-            f"; {VERDICT_NONE} at this load (the interval contains 1.0): "
-            "more repetitions or a higher rate would tell"
-        )
+            out += f" (alone {num(100 * att0, 3)}%)"
+    if row.get("batch_limit"):
+        out += f"; {row['batch_limit']}: batch limit binds, this measures the configuration, not the GPU"
     return out

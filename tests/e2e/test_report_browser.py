@@ -75,12 +75,18 @@ def rendered(report: ReportPaths, tmp_path_factory: pytest.TempPathFactory) -> t
     return p.stdout, p.stderr
 
 
-def test_summary_table_is_rendered(rendered: tuple[str, str], report: ReportPaths) -> None:
+def test_summary_tables_are_rendered(rendered: tuple[str, str], report: ReportPaths) -> None:
     dom, _ = rendered
-    m = re.search(r'<table id="summary-table">(.*?)</table>', dom, re.S)
-    assert m, "the summary table is missing"
     strategies = pl.read_parquet(report.tables_dir / "strategies.parquet")
-    assert m.group(1).count("<tr>") == strategies.height + 1  # header + one row per set
+    rows = {}
+    for name in ("summary-table", "unranked-table", "baselines-table"):
+        m = re.search(rf'<table id="{name}">(.*?)</table>', dom, re.S)
+        rows[name] = m.group(1).count("<tr>") - 1 if m else 0  # less the header
+    ranked = strategies.filter(pl.col("rank").is_not_null()).height
+    unranked = strategies.filter(pl.col("rank").is_null() & (pl.col("n_active") > 1)).height
+    assert rows == {"summary-table": ranked, "unranked-table": unranked,
+                    "baselines-table": strategies.filter(pl.col("n_active") == 1).height}
+    assert ranked and unranked  # the fixture has both: sets established and sets not
     assert dom.index('id="summary"') < dom.index('id="sets"')  # the summary comes first
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +125,15 @@ def test_counts_rates_and_goodput(table: pl.DataFrame) -> None:
 
 def test_latency_statistics(table: pl.DataFrame) -> None:
     r = row(table, "dec__all__x1__r0", "dec")
+    # means over the 4 ok requests; percentiles also count the error as +inf (censoring)
     assert r["ttft_mean_s"] == pytest.approx(0.2)  # .1 .2 .3 .2
-    assert r["ttft_p50_s"] == pytest.approx(0.2)
-    assert r["ttft_p90_s"] == pytest.approx(0.27)  # .2 + .7 * (.3 - .2)
-    assert r["ttft_p99_s"] == pytest.approx(0.297)
+    assert r["ttft_p50_s"] == pytest.approx(0.2)  # .1 .2 .2 .3 inf
+    assert r["ttft_p90_s"] == math.inf  # position 3.6: between .3 and inf
+    assert r["ttft_p99_s"] == math.inf
     assert r["tpot_mean_s"] == pytest.approx((0.1 + 0.2 + 0.2) / 3)  # .4/4, .8/4, .4/2
-    assert r["tpot_p50_s"] == pytest.approx(0.2)
+    assert r["tpot_p50_s"] == pytest.approx(0.2)  # .1 .2 .2 inf (one-token answer: no TPOT)
     assert r["e2e_mean_s"] == pytest.approx(1.05)  # .5 1.0 .7 2.0
-    assert r["e2e_p50_s"] == pytest.approx(0.85)
+    assert r["e2e_p50_s"] == pytest.approx(1.0)  # .5 .7 1.0 2.0 inf
     assert r["e2e_incl_queue_mean_s"] == pytest.approx((0.55 + 1.0 + 0.7 + 2.0) / 4)
     assert r["send_delay_mean_s"] == pytest.approx(0.05 / 5)
     assert r["itl_mean_s"] == pytest.approx(0.16)  # 4 x .1, 6 x .2
@@ -164,7 +166,10 @@ def test_all_error_experiment(table: pl.DataFrame) -> None:
     assert (r["status_error"], r["status_timeout"]) == (1, 1)
     assert r["error_rate"] == 1.0 and r["slo_attainment"] == 0.0 and r["goodput_rps"] == 0.0
     assert r["e2e_mean_s"] is None
+    # every request failed: each percentile is infinite (censored), not missing
+    assert r["e2e_p50_s"] == math.inf and r["ttft_p99_s"] == math.inf
     e = row(table, "dec+enc__all__x1__r1", "enc")
+    assert e["e2e_p50_s"] == math.inf and e["ttft_p50_s"] is None  # an embedding has no TTFT
     assert (e["requests"], e["status_dropped"], e["error_rate"]) == (1, 1, 1.0)
 
 
