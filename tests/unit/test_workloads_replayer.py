@@ -230,7 +230,7 @@ def test_clock_zero_ahead_means_scheduled_equals_arrival(
     stub: StubServer, tok: Path, tmp_path: Path
 ) -> None:
     trace = make_trace([0.0, 0.01], input_tokens=[8, 8], output_tokens=[3, 3], tenant="a")
-    s, rows = _run(trace, [_target(stub, tok)], tmp_path, clock=ExperimentClock(delay_s=2.0))
+    s, rows = _run(trace, [_target(stub, tok)], tmp_path, clock=ExperimentClock(delay_s=5.0))
     assert s.start_s == 0.0
     assert rows["scheduled_s"].to_list() == [0.0, 0.01]
 
