@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from reports.aggregate import experiment_table
-from reports.bottleneck import bottleneck_table
+from reports.explain import Explanation, explain
 from reports.interference import interference_table, pair_matrix
 from reports.metrics import DEVICE_METRICS, metric_columns
 from reports.repetitions import DEVICE_KEYS, group_stats
@@ -27,8 +27,9 @@ class Analysis:
     interference: pl.DataFrame  # co-located group x tenant x metric vs alone
     matrix: pl.DataFrame  # victim x co-tenant (pairs)
     strategies: pl.DataFrame  # one row per group, ranked
-    bottleneck: pl.DataFrame  # tenant x rate scale (isolated)
+    bottleneck: pl.DataFrame  # tenant x offered rate (alone): what binds
     failures: pl.DataFrame  # experiments that did not complete
+    explanation: Explanation  # profiles, attribution, predictions and their scores
 
     @property
     def tenants(self) -> list[str]:
@@ -85,6 +86,7 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
     stats = group_stats(exp, metric_columns())
     dstats = group_stats(dev, list(DEVICE_METRICS), DEVICE_KEYS)
     inter = interference_table(exp, stats)
+    x = explain(run, exp, dev)
     return Analysis(
         run=run,
         experiments=exp,
@@ -94,6 +96,7 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
         interference=inter,
         matrix=pair_matrix(inter),
         strategies=strategy_table(exp, stats, inter),
-        bottleneck=bottleneck_table(exp, dev),
+        bottleneck=x.bottleneck,
         failures=failures_frame(run),
+        explanation=x,
     )

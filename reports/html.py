@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from reports.analysis import Analysis
+from reports.explain_render import explain_html
 from reports.figures import SavedFigure
 from reports.metrics import fmt, label, num
 from reports.narrative import definitions, fmt_ratio, headlines, machine, what_was_run
@@ -409,12 +410,13 @@ def render(a: Analysis, figs: dict[str, SavedFigure], timelines_shown: Sequence[
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{k}">{v}</a>' for k, v in (
         ("summary", "Summary"), ("sets", "Sets"), ("interference", "Interference"), ("tenants", "Tenants"),
-        ("timelines", "Timelines"), ("failures", "Failures"), ("environment", "Environment")))
+        ("explain", "Bottlenecks and predictions"), ("timelines", "Timelines"), ("failures", "Failures"), ("environment", "Environment")))
     body = "".join([
         summary_section(a, figs),
         sets_section(a),
         interference_section(a, figs),
         tenants_section(a, figs),
+        explain_html(a.explanation, a.tenants, figs),
         timelines_section(a, figs, timelines_shown, timelines_total),
         failures_section(a),
         experiments_section(a),

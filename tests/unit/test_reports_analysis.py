@@ -1,4 +1,5 @@
-"""Repetitions, interference ratios, strategy ranking and bottleneck readings, by hand."""
+"""Repetitions, interference ratios and strategy ranking, by hand (bottleneck readings:
+test_reports_bottleneck.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any
 import polars as pl
 import pytest
 
-from reports.bottleneck import bottleneck_table, leaning
 from reports.interference import (
     VERDICT_NO_BASELINE,
     VERDICT_NO_CI,
@@ -179,38 +179,6 @@ def test_slo_attainment_is_pooled(exp: pl.DataFrame) -> None:
     assert ab["slo_attainment"] == pytest.approx((50 + 50 + 100 + 100) / 400)
     assert ab["apart_slo_attainment"] == pytest.approx(1.0)
     assert ab["classification"] == CLASS_HURTS
-
-
-@pytest.mark.parametrize(
-    ("sm", "dram", "tensor", "expected"),
-    [
-        (45.0, 70.0, 20.0, "memory bandwidth"),
-        (35.0, 15.0, 55.0, "compute"),
-        (50.0, 50.0, 48.0, "balanced"),
-        (10.0, 8.0, 2.0, "light load"),
-        (None, None, None, "no GPM"),
-    ],
-)
-def test_bottleneck_leaning(sm: float | None, dram: float | None, tensor: float | None, expected: str) -> None:
-    assert leaning(sm, dram, tensor) == expected
-
-
-def test_bottleneck_without_gpm_says_so() -> None:
-    dev = pl.DataFrame({
-        "experiment_id": ["a__all__x1__r0"], "group_id": ["a__all__x1"], "active_set": ["a"],
-        "resident_set": ["a+b"], "rate_scale": [1.0], "repetition": [0], "telemetry_source": ["host"],
-        "gpm_sm_util_mean_pct": [None], "gpm_dram_bw_util_mean_pct": [None],
-        "gpm_tensor_active_mean_pct": [None], "gpm_sm_occupancy_mean_pct": [None],
-        "gpu_util_mean_pct": [None], "host_cpu_mean_pct": [60.0],
-    }, schema_overrides={c: pl.Float64 for c in ("gpm_sm_util_mean_pct", "gpm_dram_bw_util_mean_pct",
-                                                  "gpm_tensor_active_mean_pct", "gpm_sm_occupancy_mean_pct",
-                                                  "gpu_util_mean_pct")})
-    exp = frame(rep_rows("a", {"a": {"proc_cpu_mean_pct": [150.0]}}))
-    b = bottleneck_table(exp, dev).row(0, named=True)
-    assert b["leans_on"] == "no GPM"
-    assert "no GPM samples on this machine" in b["reading"]
-    assert "this was a host (CPU) run" in b["reading"]
-    assert "150% CPU (1.5 cores)" in b["reading"]
 
 
 def test_verdict_of_a_set_that_hurts_through_slo_attainment_only():
