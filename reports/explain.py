@@ -175,9 +175,20 @@ def predict_capacity(x: Explanation, tenants: Sequence[str],
                            "rates": c.rates, "W": c.W, "first_fail": c.first_fail,
                            "censored": c.censored, "model": x.model.name,
                            "solo_capacity": {t: x.capacities[t].rps for t in tenants}}
+    bounded = [t for t in tenants if (x.capacities[t].censored or "").startswith("at least")]
+    if bounded:  # r_i / C_i with C_i only a lower bound: no number for W
+        out["W"] = None
+        out["W_note"] = (f"not estimable: the solo capacity of {', '.join(bounded)} is only a "
+                         "lower bound (every rung of its profile met the target)")
+    if c.censored:
+        lower = c.censored.startswith("at least")
+        return out | {"scale_lo": c.scale if lower else None, "scale_hi": None,
+                      "W_lo": None, "W_hi": None,
+                      "interval": f"none: {c.censored}" + (" (the scale is a lower bound)"
+                                                           if lower else "")}
     if res.get("W") or res.get("capacity_scale"):
         lo, hi, how = interval("capacity_scale", c.scale, res, None)
-        wlo, whi, _ = interval("W", c.W, res, None)
+        wlo, whi, _ = interval("W", out["W"], res, None)
     else:
         att = res.get("slo_attainment") or []
         h = _attainment_half_width(att, x, tenants)
@@ -187,8 +198,8 @@ def predict_capacity(x: Explanation, tenants: Sequence[str],
         lo_c = set_capacity(x.profiles, w, x.capacities, x.model, margin=h)
         hi_c = set_capacity(x.profiles, w, x.capacities, x.model, margin=-h)
         lo, hi = lo_c.scale, hi_c.scale
-        wlo = weighted_capacity(lo_c.rates, x.capacities)
-        whi = weighted_capacity(hi_c.rates, x.capacities)
+        wlo = weighted_capacity(lo_c.rates, x.capacities) if out["W"] is not None else None
+        whi = weighted_capacity(hi_c.rates, x.capacities) if out["W"] is not None else None
         how = (f"attainment targets moved by ±{100 * h:.1f} points, the attainment interval "
                + ("of the leave-one-out residuals" if att else "of the profile's spread"))
     return out | {"scale_lo": lo, "scale_hi": hi, "W_lo": wlo, "W_hi": whi, "interval": how}

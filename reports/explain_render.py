@@ -87,6 +87,28 @@ def value(figure: str, v: float | None) -> str:
     return fmt(figure, v)
 
 
+def scale_text(c: dict[str, Any]) -> str:
+    """``0.84 [0.71, 0.93]``, ``≥ 2.15`` (a lower bound) or ``0``."""
+    sc = c.get("scale")
+    if sc is None:
+        return "–"
+    if (c.get("censored") or "").startswith("at least"):
+        return f"≥ {num(sc, 3)}"
+    txt = num(sc, 3)
+    if c.get("scale_lo") is not None and c.get("scale_hi") is not None:
+        txt += f" [{num(c['scale_lo'], 3)}, {num(c['scale_hi'], 3)}]"
+    return txt
+
+
+def w_text(c: dict[str, Any]) -> str:
+    if c.get("W") is None:
+        return c.get("W_note") or "–"
+    txt = num(c["W"], 3)
+    if c.get("W_lo") is not None and c.get("W_hi") is not None:
+        txt += f" [{num(c['W_lo'], 3)}, {num(c['W_hi'], 3)}]"
+    return txt
+
+
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{num(v, 3)}%"
 
@@ -125,13 +147,9 @@ def capacity_rows(x: Explanation, tenants: Sequence[str]) -> list[list[str]]:
             c = predict_capacity(x, s)
         except (KeyError, ValueError):
             continue
-        w = value("W", c["W"])
-        if c.get("W_lo") is not None and c.get("W_hi") is not None:
-            w += f" [{num(c['W_lo'], 3)}, {num(c['W_hi'], 3)}]"
         rates = ", ".join(f"{t} {num(v, 3)}" for t, v in c["rates"].items())
-        out.append([" + ".join(s), "yes" if "+".join(s) in measured else "no",
-                    value("capacity_scale", c["scale"]), rates, w, _e(c["first_fail"] or "–"),
-                    _e(c["censored"] or "")])
+        out.append([" + ".join(s), "yes" if "+".join(s) in measured else "no", scale_text(c),
+                    rates, w_text(c), c["first_fail"] or "–", c["censored"] or ""])
     return out
 
 
@@ -193,9 +211,9 @@ def explain_html(x: Explanation, tenants: Sequence[str], figs: dict[str, SavedFi
     if caps:
         out.append("<h4>Predicted co-located capacity (each tenant the same fraction of its solo "
                    "capacity)</h4>")
-        out.append(_table(["set", "measured", "scale λ", "rates (req/s)", "W [interval]",
-                           "fails first", "note"], [[_e(c) if i != 6 else c for i, c in enumerate(r)]
-                                                    for r in caps], numeric=(2, 4)))
+        out.append(_table(["set", "measured", "scale λ [interval]", "rates (req/s)",
+                           "W [interval]", "fails first", "note"],
+                          [[_e(c) for c in r] for r in caps], numeric=(2,)))
     out.append("</section>")
     return "".join(out)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from reports.errors import ReportError
 from reports.explain import Explanation, predict_capacity
+from reports.explain_render import scale_text
 from reports.metrics import num
 
 
@@ -124,9 +125,7 @@ def placement_text(p: Placement) -> str:
         line = f"GPU {k}: {who}"
         pr = g.prediction
         if pr is not None:
-            line += f"; predicted headroom x{num(pr['scale'], 3)}"
-            if pr.get("scale_lo") is not None and pr.get("scale_hi") is not None:
-                line += f" [{num(pr['scale_lo'], 3)}, {num(pr['scale_hi'], 3)}]"
+            line += f"; predicted headroom x{scale_text(pr)}"
             if pr.get("censored"):
                 line += f" ({pr['censored']})"
         lines.append(line)

@@ -10,7 +10,7 @@ from typing import Any
 
 from reports.errors import ReportError
 from reports.explain import Explanation, explain, predict_capacity, predict_rates
-from reports.explain_render import FIGURE_NAMES, model_paragraph, value
+from reports.explain_render import FIGURE_NAMES, model_paragraph, scale_text, value, w_text
 from reports.metrics import num
 
 
@@ -92,11 +92,10 @@ def text(x: Explanation, out: Mapping[str, Any]) -> str:
     solo = ", ".join(f"{t} {num(v, 3)} req/s" for t, v in c["solo_capacity"].items())
     lines.append(f"solo capacities: {solo}")
     lines.append(f"mix: {', '.join(f'{t} {num(v, 3)}' for t, v in c['mix'].items())}")
-    lines.append(f"co-located capacity: scale {value('capacity_scale', c['scale'])} "
-                 f"95% {_iv('capacity_scale', c, 'scale_lo', 'scale_hi')}"
+    lines.append(f"co-located capacity: scale {scale_text(c)}"
                  + (f" ({c['censored']})" if c["censored"] else ""))
     lines.append("  rates: " + ", ".join(f"{t} {num(v, 3)} req/s" for t, v in c["rates"].items()))
-    lines.append(f"weighted capacity W: {value('W', c['W'])} 95% {_iv('W', c, 'W_lo', 'W_hi')}")
+    lines.append(f"weighted capacity W: {w_text(c)}")
     if c["first_fail"]:
         lines.append(f"fails first: {c['first_fail']}")
     lines += ["", f"interval: {c['interval']}"]
