@@ -31,7 +31,10 @@ def report(run_dir: Path, out: Path | None) -> None:
                          set, interference, tenants, timelines, failures, environment
       summary.md         the headline and ranking, for a terminal or a pull request
       tables/*.parquet   every figure, also as .csv (experiments, groups, interference,
-                         strategies, bottleneck, failures, ...)
+                         strategies, failures, profiles: each tenant alone by offered
+                         rate, bottleneck: what binds per tenant and load, attribution:
+                         what grew in co-located sets, prediction_scores / _mape: the
+                         leave-one-out errors of the predictions, ...)
       figures/*.svg      the figures, also as .png
 
     \b
