@@ -21,7 +21,7 @@ from reports.profiles import (
     TENANT_FIGURES,
     Arm,
     TenantProfile,
-    _mean_sd,
+    mean_sd,
     make_arm,
     rate_key,
 )
@@ -76,16 +76,16 @@ def measured_sets(run: RunDir, exp: pl.DataFrame, dev: pl.DataFrame, lat: pl.Dat
             arm = make_arm(lat, t, kind, ids)
             arms[t] = arm
             mine = rows.filter(pl.col("tenant") == t)
-            f: dict[str, Any] = {c: _mean_sd(mine[c].to_list())[0]
+            f: dict[str, Any] = {c: mean_sd(mine[c].to_list())[0]
                                  for c in TENANT_FIGURES if c in mine.columns}
             for c in REQUEST_FIGURES[:-1]:
                 f[c] = None if kind == "encoder" and not c.startswith("e2e") else arm.quantile(c)
             p = profiles.get(t)
-            f["slo_attainment"] = arm.attainment(p.slo) if p else _mean_sd(
+            f["slo_attainment"] = arm.attainment(p.slo) if p else mean_sd(
                 mine["slo_attainment"].to_list())[0]
             figs[t] = f
         d = dev.filter(pl.col("experiment_id").is_in(ids))
-        device = {c: _mean_sd(d[c].to_list())[0] for c in devcols}
+        device = {c: mean_sd(d[c].to_list())[0] for c in devcols}
         probe = any(i in probes for i in ids)
         rate_map = dict(rates)
         name = set_name(active)

@@ -224,7 +224,7 @@ def solo_rows(exp: pl.DataFrame, dev: pl.DataFrame) -> pl.DataFrame:
     return solo.with_columns(pl.Series("rung", keys, dtype=pl.Float64))
 
 
-def _mean_sd(vals: Sequence[Any]) -> tuple[float | None, float | None]:
+def mean_sd(vals: Sequence[Any]) -> tuple[float | None, float | None]:
     x = np.array([float(v) for v in vals if v is not None and v == v], dtype=float)
     if x.size == 0:
         return None, None
@@ -374,7 +374,7 @@ def _rung_row(rows: pl.DataFrame, arm: Arm, slo: Slo, kind: str, mns: int | None
                            "requests": arm.requests,
                            "max_num_seqs": mns, "attainment_target": slo.target}
     for f in DEVICE_FIGURES + TENANT_FIGURES + REQUEST_FIGURES:
-        mean, sd = _mean_sd(rows[f].to_list()) if f in rows.columns else (None, None)
+        mean, sd = mean_sd(rows[f].to_list()) if f in rows.columns else (None, None)
         row[f], row[f"{f}_sd"] = mean, sd
     for f in REQUEST_FIGURES[:-1]:
         row[f] = arm.quantile(f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -225,3 +226,28 @@ def test_predict_command(plain_run: Explanation, tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "every tenant of --set" in str(bad.exception)
     bad = CliRunner().invoke(predict, [str(run_dir), "--set", "a+b", "--rates", "a:3"])
     assert bad.exit_code != 0 and "TENANT=NUMBER" in bad.output
+
+
+def test_capacity_searches_are_scored_from_capacity_json(tmp_path: Path) -> None:
+    run_dir = write_predict_run(tmp_path, Plan([A, B], sets=[(("a", "b"), 0.5)], slo=SLO))
+    ca = brentq(lambda r: attainment(A, 0.057, A.ttft0, r) - 0.90, 0.5, 50.0)
+    cb = brentq(lambda r: attainment(B, 0.046, B.ttft0, r) - 0.90, 0.5, 50.0)
+
+    def worst(lam: float) -> float:
+        rates = {"a": lam * ca, "b": lam * cb}
+        s = stretches(LAWS, rates, 0.0)
+        return min(attainment(A, 0.057, A.ttft0, rates["a"], s["a"]),
+                   attainment(B, 0.046, B.ttft0, rates["b"], s["b"])) - 0.90
+
+    lam = brentq(worst, 0.3, 1.0)
+    (run_dir / "capacity.json").write_text(json.dumps({
+        "tenants": {"a": {"capacity_rps": ca, "bracket": [ca * 0.97, ca * 1.03]},
+                    "b": {"capacity_rps": cb, "bracket": [cb * 0.97, cb * 1.03]}},
+        "sets": {"a+b": {"mix": {"a": ca, "b": cb}, "scale": lam, "W": 2 * lam}}}))
+    x = _explain(run_dir)
+    assert x.capacities["a"].source == "capacity.json"
+    cap = x.scores.filter(x.scores["figure"].is_in(["capacity_scale", "W"])
+                          & (x.scores["model"] == "plain"))
+    assert sorted(cap["figure"]) == ["W", "capacity_scale"]
+    assert cap["ape_pct"].max() < 3.0
+    assert cap["set"][0] == "a + b (co-located capacity)"
