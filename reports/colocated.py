@@ -21,8 +21,8 @@ from reports.profiles import (
     TENANT_FIGURES,
     Arm,
     TenantProfile,
-    mean_sd,
     make_arm,
+    mean_sd,
     rate_key,
 )
 from rundir.reader import RunDir

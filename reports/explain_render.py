@@ -198,7 +198,7 @@ def explain_html(x: Explanation, tenants: Sequence[str], figs: dict[str, SavedFi
                           mape_rows(x), numeric=(2, 3, 4, 5, 6), attrs='id="mape-table"'))
         out.append(_figure(figs.get("predicted_vs_measured"),
                            "Predicted against measured, each measured set left out in turn "
-                           "(log scales; the band is ±10%)."))
+                           "(log scales; the band is ±10%, ±10 points for attainment)."))
         out.append("<details><summary>Every left-out prediction (* extrapolated beyond the "
                    "profile's loads)</summary>"
                    + _table(["set", "tenant", "figure", "stretch", "predicted", "measured", "APE"],
@@ -258,6 +258,8 @@ def _md(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def predicted_vs_measured(x: Explanation) -> Figure | None:
     """Log-log scatter of the chosen model's left-out predictions against the measurements."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     from reports.figures import PALETTE, _mpl
 
     s = x.scores.filter((pl.col("model") == x.model_label) & pl.col("ape_pct").is_not_null()
@@ -274,11 +276,20 @@ def predicted_vs_measured(x: Explanation) -> Figure | None:
         pv = [v * scale for v in d["predicted"]]
         mv = [v * scale for v in d["measured"]]
         lo, hi = min(pv + mv) * 0.8, max(pv + mv) * 1.25
-        ax.fill_between([lo, hi], [lo / 1.1, hi / 1.1], [lo * 1.1, hi * 1.1], color="#eef3f8")
+        if f == "slo_attainment":  # a share: linear axes, the band ±10 points
+            lo, hi = min(pv + mv + [90.0]) - 5, 102.0
+            ax.fill_between([lo, hi], [lo - 10, hi - 10], [lo + 10, hi + 10], color="#eef3f8")
+        else:
+            ax.fill_between([lo, hi], [lo / 1.1, hi / 1.1], [lo * 1.1, hi * 1.1], color="#eef3f8")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(FuncFormatter(lambda v, _: num(v, 2)))
+                axis.set_minor_formatter(NullFormatter())
         ax.plot([lo, hi], [lo, hi], color="#6b7785", lw=0.8)
         ax.scatter(mv, pv, s=18, color=color, zorder=3)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
         unit = lab.unit if f not in ("capacity_scale", "W") else ""
         ax.set_xlabel(f"measured {unit}".strip())
         ax.set_ylabel(f"predicted {unit}".strip())
