@@ -42,6 +42,7 @@ from reports.scoring import (
     interval,
     leave_one_out,
     mape_table,
+    noise_floor,
     residuals,
 )
 from rundir.reader import RunDir
@@ -124,9 +125,10 @@ def explain(run: RunDir, exp: pl.DataFrame, dev: pl.DataFrame) -> Explanation:
     if cs.height:
         scores = pl.concat([scores, cs])
     model, why = _choose(scores, profiles, sets, plain)
+    mape = mape_table(pl.concat([scores, noise_floor(profiles)]))
     return Explanation(profiles, profile_table(profiles), bottleneck_table(profiles),
                        attribution_table(sets, profiles), sets, plain, model, why, scores,
-                       mape_table(scores), caps, capj)
+                       mape, caps, capj)
 
 
 # ---- new predictions -----------------------------------------------------------------------------

@@ -158,6 +158,15 @@ class Arm:
     ttft: np.ndarray
     tpot: np.ndarray
     e2e: np.ndarray
+    origin: np.ndarray | None = None  # each request's experiment id
+
+    def only(self, experiments: Sequence[str]) -> Arm:
+        """The requests of some of the experiments (``origin`` must be known)."""
+        keep = np.isin(self.origin if self.origin is not None else np.array([]),
+                       list(experiments))
+        return Arm(self.tenant, self.kind, tuple(experiments), self.ok[keep], self.ttft[keep],
+                   self.tpot[keep], self.e2e[keep], None if self.origin is None
+                   else self.origin[keep])
 
     @property
     def requests(self) -> int:
@@ -196,11 +205,9 @@ def make_arm(lat: pl.DataFrame, tenant: str, kind: str, experiments: Sequence[st
             return np.full(ok.size, np.nan)
         return np.where(ok, v, np.inf)
 
-    tpot = arr("tpot_s", not enc)
-    if not enc:  # TPOT does not apply to one-token answers; a failed request is censored
-        tpot = np.where(ok & np.isnan(tpot), np.nan, tpot)
-    return Arm(tenant, kind, tuple(experiments), ok, arr("ttft_s", not enc), tpot,
-               arr("e2e_s", True))
+    # TPOT does not apply to one-token answers (NaN); a failed request is censored (inf)
+    return Arm(tenant, kind, tuple(experiments), ok, arr("ttft_s", not enc), arr("tpot_s", not enc),
+               arr("e2e_s", True), rows["experiment_id"].to_numpy().astype(str))
 
 
 # ---- the profile table ---------------------------------------------------------------------------

@@ -9,7 +9,9 @@ capacity search measured a set's co-located capacity (``capacity.json``), its sc
 W are predicted along the same mix, the κ refitted without that set's probes.
 
 Errors: the absolute percentage error |pred - meas| / meas per figure (APE, in %), and
-their mean per figure (MAPE). Figures that are infinite on either side (more than 1% of
+their mean per figure (MAPE). Beside them, the noise floor (``noise_floor``): each solo
+experiment's figures against the other repetitions' at the same load, the error no model
+of these profiles can beat. Figures that are infinite on either side (more than 1% of
 requests failed, so a p99 is censored) or zero in the measurement are listed, never
 averaged. Intervals of new predictions come from the residuals here (the log ratio
 pred / meas, and pred - meas for attainment): ``interval``.
@@ -30,6 +32,7 @@ from reports.prediction import (
     Model,
     fit_kappa,
     predict_set,
+    predicted_figures,
     set_capacity,
 )
 from reports.profiles import TenantProfile
@@ -61,6 +64,7 @@ MAPE_SCHEMA: dict[str, Any] = {
     "mape_pct": pl.Float64,
     "median_ape_pct": pl.Float64,
     "max_ape_pct": pl.Float64,
+    "mae_points": pl.Float64,  # SLO attainment: mean |pred - meas| in percentage points
 }
 
 
@@ -152,6 +156,39 @@ def capacity_scores(profiles: Mapping[str, TenantProfile], sets: Sequence[Measur
     return pl.DataFrame(rows, schema=SCORE_SCHEMA, strict=False)
 
 
+NOISE = "repetition noise"
+
+
+def noise_floor(profiles: Mapping[str, TenantProfile]) -> pl.DataFrame:
+    """The error no model of these profiles can beat: each solo experiment's figures
+    "predicted" by the other repetitions at the same load (their requests pooled), as rows
+    of ``SCORE_SCHEMA`` with model ``repetition noise``."""
+    rows: list[dict[str, Any]] = []
+    for p in profiles.values():
+        figs = predicted_figures(p.kind)
+        for rung in p.rungs:
+            ids = rung.arm.experiments
+            if len(ids) < 2:
+                continue
+            for e in ids:
+                this, rest = rung.arm.only([e]), rung.arm.only([i for i in ids if i != e])
+                for f in figs:
+                    pv = rest.attainment(p.slo) if f == "slo_attainment" else rest.quantile(f)
+                    mv = this.attainment(p.slo) if f == "slo_attainment" else this.quantile(f)
+                    err = ape(pv, mv)
+                    res = None if err is None or pv is None or mv is None or (
+                        f != "slo_attainment" and (pv <= 0 or mv <= 0)) else residual(f, pv, mv)
+                    rows.append({"set": f"{p.tenant} alone, {e}", "active_set": p.tenant,
+                                 "rate_scale": rung.row.get("rate_scale"), "tenant": p.tenant,
+                                 "figure": f, "model": NOISE, "kappa": None,
+                                 "offered_rps": rung.rate, "stretch": 1.0,
+                                 "equivalent_rps": rung.rate, "extrapolated": False,
+                                 "predicted": pv, "measured": mv, "ape_pct": err, "residual": res})
+    if not rows:
+        return pl.DataFrame(schema=SCORE_SCHEMA)
+    return pl.DataFrame(rows, schema=SCORE_SCHEMA, strict=False)
+
+
 def mape_table(scores: pl.DataFrame) -> pl.DataFrame:
     """Per model x figure: scored pairs, censored ones left out, MAPE, median and max APE;
     ``all`` pools every figure."""
@@ -164,7 +201,18 @@ def mape_table(scores: pl.DataFrame) -> pl.DataFrame:
         pl.col("ape_pct").mean().alias("mape_pct"),
         pl.col("ape_pct").median().alias("median_ape_pct"),
         pl.col("ape_pct").max().alias("max_ape_pct"),
+        pl.when(pl.col("figure") == "slo_attainment").then(
+            (pl.col("predicted") - pl.col("measured")).abs() * 100).mean().alias("mae_points"),
     )
+    figs = ["tpot_p50_s", "ttft_p99_s", "e2e_p99_s", "slo_attainment", "capacity_scale", "W",
+            "all"]
+    models = [PLAIN, FITTED, NOISE]
+    out = out.with_columns(
+        pl.col("figure").replace_strict({f: i for i, f in enumerate(figs)}, default=len(figs),
+                                        return_dtype=pl.Int64).alias("_f"),
+        pl.col("model").replace_strict({m: i for i, m in enumerate(models)}, default=len(models),
+                                       return_dtype=pl.Int64).alias("_m"),
+    ).sort("_f", "_m")
     return out.select(list(MAPE_SCHEMA)).cast(MAPE_SCHEMA)  # type: ignore[arg-type]
 
 

@@ -251,3 +251,15 @@ def test_capacity_searches_are_scored_from_capacity_json(tmp_path: Path) -> None
     assert sorted(cap["figure"]) == ["W", "capacity_scale"]
     assert cap["ape_pct"].max() < 3.0
     assert cap["set"][0] == "a + b (co-located capacity)"
+
+
+def test_the_noise_floor_is_one_repetition_against_the_others(tmp_path: Path) -> None:
+    # repetition r0 is 5% slow, r1 5% fast: each predicts the other with 10/0.95 or 10/1.05 %
+    x = _explain(write_predict_run(tmp_path, Plan([A, B], sets=[(("a", "b"), 0.5)], slo=SLO,
+                                                 rep_noise=0.05)))
+    noise = x.mape.filter((x.mape["model"] == "repetition noise")
+                          & (x.mape["figure"] == "tpot_p50_s")).row(0, named=True)
+    assert noise["n"] == 2 * 3 * 2  # 2 tenants x 3 loads x 2 repetitions
+    assert noise["mape_pct"] == pytest.approx((10 / 0.95 + 10 / 1.05) / 2, rel=1e-6)
+    att = x.mape.filter((x.mape["model"] == "plain") & (x.mape["figure"] == "slo_attainment"))
+    assert att["mae_points"][0] is not None
