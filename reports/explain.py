@@ -176,12 +176,13 @@ def predict_capacity(x: Explanation, tenants: Sequence[str],
     out: dict[str, Any] = {"tenants": list(tenants), "mix": w, "scale": c.scale,
                            "rates": c.rates, "W": c.W, "first_fail": c.first_fail,
                            "censored": c.censored, "model": x.model.name,
-                           "solo_capacity": {t: x.capacities[t].rps for t in tenants}}
-    bounded = [t for t in tenants if (x.capacities[t].censored or "").startswith("at least")]
-    if bounded:  # r_i / C_i with C_i only a lower bound: no number for W
+                           "solo_capacity": {t: x.capacities[t].rps for t in tenants},
+                           "solo_capacity_note": {t: x.capacities[t].censored for t in tenants}}
+    bounded = [t for t in tenants if x.capacities[t].censored]
+    if bounded:  # r_i / C_i with C_i only bounded: no number for W
         out["W"] = None
-        out["W_note"] = (f"not estimable: the solo capacity of {', '.join(bounded)} is only a "
-                         "lower bound (every rung of its profile met the target)")
+        out["W_note"] = (f"not estimable: the solo capacity of {', '.join(bounded)} is only "
+                         "bounded (its profile's loads do not bracket the knee)")
     if c.censored:
         lower = c.censored.startswith("at least")
         return out | {"scale_lo": c.scale if lower else None, "scale_hi": None,

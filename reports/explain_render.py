@@ -158,13 +158,22 @@ def capacity_rows(x: Explanation, tenants: Sequence[str]) -> list[list[str]]:
     return out
 
 
+def cap_text(rps: float | None, censored: str | None) -> str:
+    """``3.10 req/s``, ``≥ 8.43 req/s`` or ``< 2.00 req/s`` (a bound: the ladder missed the knee)."""
+    if rps is None:
+        return "unknown"
+    mark = "≥ " if (censored or "").startswith("at least") else (
+        "< " if (censored or "").startswith("below") else "")
+    return f"{mark}{num(rps, 3)} req/s"
+
+
 def _capacity_note(x: Explanation) -> str:
     parts = []
     for t, c in x.capacities.items():
-        txt = f"{t}: {num(c.rps, 3)} req/s ({c.source})"
-        if c.censored:
-            txt += f", {c.censored}"
-        parts.append(txt)
+        txt = f"{t}: {cap_text(c.rps, c.censored)} ({c.source}"
+        if c.lo is not None and c.hi is not None and not c.censored:
+            txt += f", between the loads {num(c.lo, 3)} and {num(c.hi, 3)}"
+        parts.append(txt + ")")
     return "; ".join(parts)
 
 

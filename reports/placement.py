@@ -54,6 +54,7 @@ class Placement:
     items: list[Item]
     verify: list[int]  # indices of shared GPUs, least certain first
     model: str
+    notes: list[str] = field(default_factory=list)  # solo capacities that are only bounds
 
     @property
     def needed(self) -> int:
@@ -102,8 +103,15 @@ def place(x: Explanation, targets: Mapping[str, float]) -> Placement:
         else:
             gpus.append(Gpu([it], None))
     shared = [i for i, g in enumerate(gpus) if len(g.items) > 1]
+    notes = [f"the solo capacity of {t} is only bounded ({x.capacities[t].censored}): "
+             "its fractions are read against that bound" for t in targets
+             if x.capacities[t].censored]
+    for k, g in enumerate(gpus):
+        if len(g.items) == 1 and covers(x, g.loads) is None:
+            notes.append(f"GPU {k}: {g.items[0].tenant} alone at {num(g.items[0].rps, 3)} req/s "
+                         "is predicted to miss its SLO target")
     return Placement(gpus, len(items), items, sorted(shared, key=lambda i: _doubt(gpus[i])),
-                     x.model.name)
+                     x.model.name, notes)
 
 
 def _doubt(g: Gpu) -> tuple[int, float, int]:
@@ -125,10 +133,11 @@ def placement_text(p: Placement) -> str:
         line = f"GPU {k}: {who}"
         pr = g.prediction
         if pr is not None:
-            line += f"; predicted headroom x{scale_text(pr)}"
+            line += f"; predicted headroom (scale of its loads) {scale_text(pr)}"
             if pr.get("censored"):
                 line += f" ({pr['censored']})"
         lines.append(line)
+    lines += [f"note: {n}" for n in p.notes]
     if p.verify:
         lines += ["", "verify first (least certain predictions):"]
         for n, k in enumerate(p.verify, 1):

@@ -10,7 +10,14 @@ from typing import Any
 
 from reports.errors import ReportError
 from reports.explain import Explanation, explain, predict_capacity, predict_rates
-from reports.explain_render import FIGURE_NAMES, model_paragraph, scale_text, value, w_text
+from reports.explain_render import (
+    FIGURE_NAMES,
+    cap_text,
+    model_paragraph,
+    scale_text,
+    value,
+    w_text,
+)
 from reports.metrics import num
 
 
@@ -89,7 +96,8 @@ def text(x: Explanation, out: Mapping[str, Any]) -> str:
         lines += ["", "intervals: " + "; ".join(hows)]
         return "\n".join(lines)
     c = out["capacity"]
-    solo = ", ".join(f"{t} {num(v, 3)} req/s" for t, v in c["solo_capacity"].items())
+    solo = ", ".join(f"{t} {cap_text(v, c['solo_capacity_note'][t])}"
+                     for t, v in c["solo_capacity"].items())
     lines.append(f"solo capacities: {solo}")
     lines.append(f"mix: {', '.join(f'{t} {num(v, 3)}' for t, v in c['mix'].items())}")
     lines.append(f"co-located capacity: scale {scale_text(c)}"
