@@ -7,9 +7,10 @@ the same tenant alone at the same offered rate (its profile read at that rate,
 * the tenant's own resources: engine (process-tree) CPU in cores, requests running and
   waiting, KV cache use. One *grew* when it rose by more than ``GROWTH`` (relative) and by
   more than its noise floor (``FLOOR``) over the solo figure;
-* the device, which telemetry sees whole: the set's GPU busy (NVML), GPM SM activity and host
-  CPU against the sum of its tenants' solo figures at their rates (more than the sum: the
-  tenants slowed each other, so each one's work took longer; less: they overlapped);
+* the device, which telemetry sees whole: the set's GPU busy (NVML) and GPM SM activity
+  against the sum of its tenants' solo figures at their rates (more than the sum: the
+  tenants slowed each other, so each one's work took longer; less: they overlapped); the
+  host's CPU in cores against the sum of the tenants' engines alone;
 * the limits that bind in the set (``reports.limits.binding_limits`` on the tenant's figures
   with the set's device figures), or "nothing saturated";
 * clocks: the set's mean SM clock against the alone arms' (the mean of its tenants' solo
@@ -73,16 +74,25 @@ def grown(measured: Mapping[str, Any], p: TenantProfile, rate: float) -> list[st
     return out
 
 
-def device_note(s: MeasuredSet, profiles: Mapping[str, TenantProfile]) -> str:
-    """``GPU busy 71% against 58% for its tenants alone (sum)`` for each device figure."""
+def device_note(s: MeasuredSet, profiles: Mapping[str, TenantProfile], cores: float) -> str:
+    """``GPU busy 71% against 58% for its tenants alone (sum)`` for each GPU figure; on the
+    host, its CPU in cores against the sum of the tenants' engines alone (whole-host CPU of a
+    solo experiment also holds the client and whatever else ran, so it does not add up)."""
     parts = []
     for fig, what in DEVICE:
         m = s.device.get(fig)
-        solo = [profiles[t].demand_at(fig, s.rates[t]) for t in s.tenants if t in profiles]
-        if m is None or not solo or any(v is None for v in solo):
+        if m is None:
+            continue
+        src = "proc_cpu_mean_pct" if fig == "host_cpu_mean_pct" else fig
+        solo = [profiles[t].demand_at(src, s.rates[t]) for t in s.tenants if t in profiles]
+        if not solo or any(v is None for v in solo):
             continue
         total = sum(v for v in solo if v is not None)
-        parts.append(f"{what} {num(m, 2)}% against {num(total, 2)}% for its tenants alone (sum)")
+        if fig == "host_cpu_mean_pct":
+            parts.append(f"host CPU {num(m * cores / 100, 2)} of {cores:g} cores against "
+                         f"{num(total / 100, 2)} for its tenants' engines alone (sum)")
+        else:
+            parts.append(f"{what} {num(m, 2)}% against {num(total, 2)}% for its tenants alone (sum)")
     return "; ".join(parts)
 
 
@@ -93,8 +103,9 @@ def _alone_clock(s: MeasuredSet, profiles: Mapping[str, TenantProfile]) -> float
     return sum(vals2) / len(vals2) if vals2 else None
 
 
-def attribution_rows(s: MeasuredSet, profiles: Mapping[str, TenantProfile]) -> list[dict[str, Any]]:
-    dnote = device_note(s, profiles)
+def attribution_rows(s: MeasuredSet, profiles: Mapping[str, TenantProfile],
+                     cores: float = 1.0) -> list[dict[str, Any]]:
+    dnote = device_note(s, profiles, cores)
     clock = s.device.get("sm_clock_mean_mhz")
     alone = _alone_clock(s, profiles)
     rel = clock / alone - 1.0 if clock and alone else None
@@ -124,10 +135,10 @@ def attribution_rows(s: MeasuredSet, profiles: Mapping[str, TenantProfile]) -> l
     return out
 
 
-def attribution_table(sets: Sequence[MeasuredSet],
-                      profiles: Mapping[str, TenantProfile]) -> pl.DataFrame:
-    """Per measured co-located set x tenant (``tables/attribution``)."""
-    rows = [r for s in sets for r in attribution_rows(s, profiles)]
+def attribution_table(sets: Sequence[MeasuredSet], profiles: Mapping[str, TenantProfile],
+                      cores: float = 1.0) -> pl.DataFrame:
+    """Per measured co-located set x tenant (``tables/attribution``); ``cores``: the host's."""
+    rows = [r for s in sets for r in attribution_rows(s, profiles, cores)]
     if not rows:
         return pl.DataFrame(schema=SCHEMA)
     return pl.DataFrame(rows, schema=SCHEMA, strict=False)

@@ -127,7 +127,8 @@ def explain(run: RunDir, exp: pl.DataFrame, dev: pl.DataFrame) -> Explanation:
     model, why = _choose(scores, profiles, sets, plain)
     mape = mape_table(pl.concat([scores, noise_floor(profiles)]))
     return Explanation(profiles, profile_table(profiles), bottleneck_table(profiles),
-                       attribution_table(sets, profiles), sets, plain, model, why, scores,
+                       attribution_table(sets, profiles, plain.cores), sets, plain, model, why,
+                       scores,
                        mape, caps, capj)
 
 

@@ -91,12 +91,13 @@ def test_attribution_names_whose_resource_grew(host_run: Path) -> None:
     profiles = build_profiles(run, exp, dev, lat)
     sets = measured_sets(run, exp, dev, lat, profiles)
     assert [s.name for s in sets] == ["a + e", "a + e x2"]
-    t = attribution_table(sets, profiles)
+    t = attribution_table(sets, profiles, cores=2)
     x2 = {r["tenant"]: r for r in t.iter_rows(named=True) if r["set"] == "a + e x2"}
     # at x2: a uses 1 core and e 0.8 of 2; the fixture's stretch (kappa 1) is 1.4 for a,
     # whose process CPU is written as its own use x its stretch: 1 -> 1.4 cores
     assert x2["a"]["grew"] == "engine CPU 1.0 → 1.4 cores (+40%)"
     assert x2["a"]["binding"] == "engine CPU and host CPU"
-    assert "host CPU 90% against 90% for its tenants alone (sum)" in x2["a"]["device"]
+    # the fixture's host is at 90% of 2 cores; the engines alone at x2: 1 + 0.8 cores
+    assert x2["a"]["device"] == "host CPU 1.8 of 2 cores against 1.8 for its tenants' engines alone (sum)"
     assert x2["e"]["clock_flag"] is None  # no clocks on the host
     assert all(r["binding"] for r in t.iter_rows(named=True))
