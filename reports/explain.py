@@ -98,18 +98,23 @@ def read_capacity_json(run: RunDir) -> dict[str, Any]:
 
 def _choose(scores: pl.DataFrame, profiles: Mapping[str, TenantProfile],
             sets: Sequence[MeasuredSet], plain: Model) -> tuple[Model, str]:
-    m = mape_table(scores).filter(pl.col("figure") == "all")
-    by = {r["model"]: r["mape_pct"] for r in m.iter_rows(named=True)}
-    p, f = by.get(PLAIN), by.get(FITTED)
-    if p is None or f is None or not f < p:
-        why = ("the plain model (nothing fitted)" if f is None else
-               f"the plain model: calibrating κ did not lower the leave-one-out MAPE "
-               f"({f:.1f}% against {p:.1f}%)" if p is not None else "the plain model")
-        return plain, why
+    """The calibrated model when its leave-one-out MAPE is lower than the plain model's on
+    the predictions both scored (a model cannot win by predicting censored figures)."""
+    keys = ["set", "tenant", "figure"]
+    p = scores.filter((pl.col("model") == PLAIN) & pl.col("ape_pct").is_not_null())
+    f = scores.filter((pl.col("model") == FITTED) & pl.col("ape_pct").is_not_null())
+    both = p.select(*keys, "ape_pct").join(f.select(*keys, "ape_pct"), on=keys, how="inner",
+                                           suffix="_fit", nulls_equal=True)
+    if f.height == 0 or both.height == 0:
+        return plain, "the plain model (nothing fitted: no other measured set to fit on)"
+    mp, mf = float(both["ape_pct"].mean()), float(both["ape_pct_fit"].mean())  # type: ignore[arg-type]
+    if not mf < mp:
+        return plain, (f"the plain model: calibrating κ did not lower the leave-one-out MAPE "
+                       f"({mf:.1f}% against {mp:.1f}% on the {both.height} predictions both scored)")
     fitted = fit_kappa(profiles, sets, plain)
     return fitted, (f"κ fitted on all {fitted.fitted_on} measured sets: its leave-one-out MAPE "
-                    f"(refitted without each pairing) was {f:.1f}% against {p:.1f}% for the "
-                    "plain model")
+                    f"(κ refitted without each pairing) was {mf:.1f}% against {mp:.1f}% for the "
+                    f"plain model, on the {both.height} predictions both scored")
 
 
 def explain(run: RunDir, exp: pl.DataFrame, dev: pl.DataFrame) -> Explanation:

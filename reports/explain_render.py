@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 NOISE_NOTE = (
     "repetition noise: each solo experiment's figures against the other repetitions' at the "
-    "same load, the error no model of these profiles can beat."
+    "same load, the error no model of these profiles can beat on one repetition (a measured "
+    "set pools its n repetitions, so its own noise is about √n smaller)."
 )
 ANCHORS = (
     "Anchors (SCIENCE.md): Parallax (ACM TACO) 4.3% MAPE for latency under time-slicing and "
@@ -53,15 +54,21 @@ def model_paragraph(x: Explanation) -> str:
               MPS: "its GPM SM activity (NVML GPU busy without GPM)"}.get(
         m.mode, "its NVML GPU busy fraction")
     fluid = {HOST: "Σ demand / cores", MPS: "Σ SM activity"}.get(m.mode)
-    stretch = (f"s_i = max({'1' if fluid is None else f'1, {fluid}'}, 1 + κ × the co-tenants' "
-               f"demand), κ = {m.kappa:.2f}")
+    lock = (" × L_i" if m.mode == HOST else "")
+    stretch = (f"s_i = max({'1' if fluid is None else f'1, {fluid}'}, 1 + κ{lock} × the "
+               f"co-tenants' demand), κ = {m.kappa:.2f}")
+    why_lock = (" On the host L_i is how much a tenant feels its co-tenants before the cores "
+                "are full: cores - 1 for the encoder, whose torch threads compute in lockstep "
+                "over every core (a co-tenant on any core stalls its batch), 0 for a vLLM CPU "
+                "engine, one thread that the scheduler moves to a free core."
+                if m.mode == HOST else "")
     return (
         f"Model: {m.name}. Each tenant's demand on the shared executor at its offered rate is "
-        f"read off its solo profile ({demand}); a tenant's service is stretched by {stretch}. "
-        "A tenant whose service takes s times longer behaves like itself alone at rate r·s on "
-        "a clock s times slower, so its latency figures are s × its solo figures at r·s and "
-        "its SLO attainment is that of its solo requests at r·s against bounds / s (solo "
-        "figures interpolated on the log scale between the profile's loads; beyond the "
+        f"read off its solo profile ({demand}); a tenant's service is stretched by {stretch}."
+        f"{why_lock} A tenant whose service takes s times longer behaves like itself alone at "
+        "rate r·s on a clock s times slower, so its latency figures are s × its solo figures "
+        "at r·s and its SLO attainment is that of its solo requests at r·s against bounds / s "
+        "(solo figures interpolated on the log scale between the profile's loads; beyond the "
         "highest load they are extrapolated, and marked so). Co-located capacity along a mix "
         "is the largest scale at which every predicted attainment meets its target; "
         f"W = Σ r_i / C_i. Why this model: {x.why}."

@@ -7,13 +7,17 @@ NVML GPU busy fraction u_k (time-slice), GPM SM activity a_k (MPS; NVML busy whe
 no GPM), the engine's process-tree CPU in cores c_k (host). Tenant i's service is
 stretched by
 
-    s_i = max(fluid, 1 + κ D_i)
+    s_i = max(fluid, 1 + κ L_i D_i)
 
 where D_i is the co-tenants' demand (Σ_{j≠i} u_j, Σ_{j≠i} a_j, or Σ_{j≠i} c_j / cores) and
 the fluid bound is what the executor cannot exceed: max(1, Σ_k a_k) under MPS,
-max(1, Σ_k c_k / cores) on the host, 1 under time-slicing. The plain model has κ = 1 under
-time-slicing (a kernel waits for the co-tenants' kernels: s_i = 1 + Σ_{j≠i} u_j) and κ = 0
-under MPS and on the host (side by side until full).
+max(1, Σ_k c_k / cores) on the host, 1 under time-slicing. L_i is how much tenant i feels
+its co-tenants before the executor is full (``Model.lockstep``): 1 on a GPU; on the host,
+w - 1 for a tenant computing in lockstep over w cores (the encoder's torch threads span
+every core) and 0 for a one-thread vLLM CPU engine, which the scheduler moves to a free
+core. The plain model has κ = 1 under time-slicing (a kernel waits for the co-tenants'
+kernels: s_i = 1 + Σ_{j≠i} u_j) and κ = 0 under MPS and on the host (side by side until
+full).
 
 A tenant whose service takes s times longer behaves like the tenant alone at rate r·s on a
 clock that runs s times slower (time rescaling): its latency figures are
@@ -49,6 +53,8 @@ ENCODER_FIGURES = ("e2e_p99_s", "slo_attainment")
 LATENCY_FIGURES = ("tpot_p50_s", "ttft_p99_s", "e2e_p99_s")
 # a co-located search stops looking once a tenant would be read this far above its ladder
 MAX_EXTRAPOLATION = 2.0
+# in fitting κ, a prediction censored on one side only counts as this factor off
+CENSORED_PENALTY = 10.0
 
 
 def predicted_figures(kind: str) -> tuple[str, ...]:
@@ -95,7 +101,9 @@ class Model:
                   rates: Mapping[str, float]) -> dict[str, float]:
         """s_i for every tenant of the set at ``rates``: the larger of the fluid bound (the
         executor cannot give more than it has: Σ demand / capacity, MPS and host) and
-        1 + κ x the co-tenants' demand (time-slice: κ = 1; MPS and host: κ = 0 unless fitted)."""
+        1 + κ x the co-tenants' demand (time-slice: κ = 1; MPS and host: κ = 0 unless
+        fitted); on the host the co-tenants' pull is felt by lockstep tenants only
+        (``lockstep``)."""
         d = {t: self.demand(profiles[t], r) for t, r in rates.items()}
         total = sum(d.values())
         fluid = 1.0
@@ -103,7 +111,18 @@ class Model:
             fluid = max(1.0, total / max(self.cores, 1e-9))
         elif self.mode == MPS:
             fluid = max(1.0, total)
-        return {t: max(fluid, 1.0 + self.kappa * self.co_demand(d, t)) for t in rates}
+        return {t: max(fluid, 1.0 + self.kappa * self.lockstep(profiles[t]) * self.co_demand(d, t))
+                for t in rates}
+
+    def lockstep(self, p: TenantProfile) -> float:
+        """How much a tenant feels its co-tenants' demand before the executor is full. On a
+        GPU, 1: every kernel waits its turn. On the host, w - 1 for a tenant whose compute
+        runs in lockstep over w cores: the encoder's torch threads span every core, so a
+        co-tenant on any one of them stalls its whole batch, while a vLLM CPU engine is one
+        thread (one OpenMP thread, set by cotenant) that the scheduler moves to a free core."""
+        if self.mode != HOST:
+            return 1.0
+        return max(self.cores - 1.0, 0.0) if p.kind == "encoder" else 0.0
 
 
 def plain_kappa(mode: str) -> float:
@@ -285,7 +304,9 @@ def fit_kappa(profiles: Mapping[str, TenantProfile], sets: Sequence[Any], model:
               grid: Sequence[float] | None = None) -> Model:
     """The κ (of ``grid``, default 0 to 4 by 0.05) that minimises the squared log ratio of
     predicted to measured latency figures over ``sets`` (``reports.colocated.MeasuredSet``);
-    the plain model when no set has a finite figure to fit on."""
+    a prediction that is infinite (censored) where the measurement is finite, or the other
+    way round, counts as a factor of ``CENSORED_PENALTY`` off, so a κ cannot hide its errors
+    behind censoring. The plain model when no set has a finite figure to fit on."""
     ks = np.linspace(0.0, 4.0, 81) if grid is None else np.asarray(grid, dtype=float)
     usable = [s for s in sets if all(t in profiles and profiles[t].rungs for t in s.tenants)]
     best: tuple[float, float] | None = None
@@ -296,9 +317,15 @@ def fit_kappa(profiles: Mapping[str, TenantProfile], sets: Sequence[Any], model:
             for t, tp in predict_set(profiles, s.rates, m, attainment=False).items():
                 for f in LATENCY_FIGURES:
                     pv, mv = tp.figures.get(f), s.figures[t].get(f)
-                    if pv and mv and math.isfinite(pv) and math.isfinite(mv) and pv > 0 and mv > 0:
+                    if not pv or not mv or pv <= 0 or mv <= 0:
+                        continue
+                    if math.isfinite(pv) and math.isfinite(mv):
                         sq += math.log(pv / mv) ** 2
-                        n += 1
+                    elif math.isfinite(pv) != math.isfinite(mv):
+                        sq += math.log(CENSORED_PENALTY) ** 2
+                    else:
+                        continue  # both censored: they agree
+                    n += 1
         if n and (best is None or sq / n < best[1] - 1e-12):
             best = (float(k), sq / n)
     if best is None:

@@ -7,7 +7,9 @@ linear in log r), and its engine uses ``cores_per_rps x r`` cores. A co-located 
 written the way the time-rescaling model says it behaves, with a stretch computed here,
 independently of reports.prediction:
 
-    s_i = max(fluid, 1 + kappa x sum_{j != i} c_j / cores),  fluid = max(1, sum_k c_k / cores)
+    s_i = max(fluid, 1 + kappa x L_i x sum_{j != i} c_j / cores),  fluid = max(1, sum_k c_k / cores)
+
+with L_i = cores - 1 for the encoder (lockstep over every core) and 0 for a vLLM engine
 
 and figures s_i x f_solo(r_i s_i). Power laws are straight lines on the log scale, so the
 predictor's log-log interpolation between rungs is exact and its errors must vanish.
@@ -74,7 +76,9 @@ class Plan:
 def stretches(laws: Mapping[str, Law], rates: Mapping[str, float], kappa: float) -> dict[str, float]:
     c = {t: laws[t].cores(r) for t, r in rates.items()}
     fluid = max(1.0, sum(c.values()) / CORES)
-    return {t: max(fluid, 1.0 + kappa * (sum(c.values()) - c[t]) / CORES) for t in rates}
+    lock = {t: CORES - 1.0 if laws[t].kind == "encoder" else 0.0 for t in rates}
+    return {t: max(fluid, 1.0 + kappa * lock[t] * (sum(c.values()) - c[t]) / CORES)
+            for t in rates}
 
 
 def _z(n: int) -> np.ndarray:

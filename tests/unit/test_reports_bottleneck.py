@@ -93,9 +93,10 @@ def test_attribution_names_whose_resource_grew(host_run: Path) -> None:
     assert [s.name for s in sets] == ["a + e", "a + e x2"]
     t = attribution_table(sets, profiles, cores=2)
     x2 = {r["tenant"]: r for r in t.iter_rows(named=True) if r["set"] == "a + e x2"}
-    # at x2: a uses 1 core and e 0.8 of 2; the fixture's stretch (kappa 1) is 1.4 for a,
-    # whose process CPU is written as its own use x its stretch: 1 -> 1.4 cores
-    assert x2["a"]["grew"] == "engine CPU 1.0 → 1.4 cores (+40%)"
+    # at x2: a uses 1 core and e 0.8 of 2; the fixture stretches the lockstep encoder by
+    # 1 + kappa x (2 - 1) x 1/2 = 1.5, and writes its process CPU as its use x its stretch
+    assert x2["e"]["grew"] == "engine CPU 0.8 → 1.2 cores (+50%)"
+    assert x2["a"]["grew"] is None and "none of its own resources grew" in x2["a"]["reading"]
     assert x2["a"]["binding"] == "engine CPU and host CPU"
     # the fixture's host is at 90% of 2 cores; the engines alone at x2: 1 + 0.8 cores
     assert x2["a"]["device"] == "host CPU 1.8 of 2 cores against 1.8 for its tenants' engines alone (sum)"
