@@ -129,7 +129,7 @@ def score_rows(x: Explanation) -> list[list[str]]:
     s = x.scores.filter(pl.col("model") == x.model_label)
     out = []
     for r in s.iter_rows(named=True):
-        ape = _pct(r["ape_pct"]) if r["ape_pct"] is not None else "censored (not scored)"
+        ape = _pct(r["ape_pct"]) if r["ape_pct"] is not None else "not scored (∞ or 0)"
         stretch = "" if r["stretch"] is None else f"{r['stretch']:.2f}"
         out.append([r["set"], r["tenant"] or "(set)", FIGURE_NAMES.get(r["figure"], r["figure"]),
                     stretch, value(r["figure"], r["predicted"]) + (" *" if r["extrapolated"] else ""),
@@ -142,7 +142,7 @@ def mape_rows(x: Explanation) -> list[list[str]]:
     for r in x.mape.iter_rows(named=True):
         used = " (used)" if r["model"] == x.model_label else ""
         out.append([r["model"] + used, FIGURE_NAMES.get(r["figure"], r["figure"]), str(r["n"]),
-                    str(r["censored"]), _pct(r["mape_pct"]), _pct(r["median_ape_pct"]),
+                    str(r["unscored"]), _pct(r["mape_pct"]), _pct(r["median_ape_pct"]),
                     _pct(r["max_ape_pct"]),
                     "" if r["mae_points"] is None else f"{num(r['mae_points'], 2)} points"])
     return out
@@ -215,7 +215,7 @@ def explain_html(x: Explanation, tenants: Sequence[str], figs: dict[str, SavedFi
     if x.scores.height:
         out.append("<h4>Leave-one-out: each measured set predicted without it</h4>"
                    f"<p class=small>{_e(ANCHORS)}</p>")
-        out.append(_table(["model", "figure", "scored", "censored", "MAPE", "median APE", "max APE",
+        out.append(_table(["model", "figure", "scored", "not scored", "MAPE", "median APE", "max APE",
                            "attainment MAE"], mape_rows(x), numeric=(2, 3, 4, 5, 6, 7),
                           attrs='id="mape-table"'))
         out.append(f"<p class=small>{_e(NOISE_NOTE)}</p>")
@@ -264,7 +264,7 @@ def explain_markdown(x: Explanation) -> list[str]:
         out.append("No co-located set was measured: nothing to score the predictions against.")
         return out
     out += ["Leave-one-out (each measured set predicted without it):", "",
-            _md(["model", "figure", "scored", "censored", "MAPE", "median APE", "max APE",
+            _md(["model", "figure", "scored", "not scored", "MAPE", "median APE", "max APE",
                  "attainment MAE"], mape_rows(x)), "", NOISE_NOTE, "", ANCHORS, "",
             _md(["set", "tenant", "figure", "stretch", "predicted", "measured", "APE"], score_rows(x)),
             "", "\\* extrapolated beyond the profile's loads."]

@@ -60,7 +60,7 @@ MAPE_SCHEMA: dict[str, Any] = {
     "model": pl.Utf8,
     "figure": pl.Utf8,
     "n": pl.Int64,
-    "censored": pl.Int64,
+    "unscored": pl.Int64,  # no APE: infinite (censored) on either side, or measured 0
     "mape_pct": pl.Float64,
     "median_ape_pct": pl.Float64,
     "max_ape_pct": pl.Float64,
@@ -197,7 +197,7 @@ def mape_table(scores: pl.DataFrame) -> pl.DataFrame:
     both = pl.concat([scores, scores.with_columns(pl.lit("all").alias("figure"))])
     out = both.group_by("model", "figure", maintain_order=True).agg(
         pl.col("ape_pct").is_not_null().sum().cast(pl.Int64).alias("n"),
-        pl.col("ape_pct").is_null().sum().cast(pl.Int64).alias("censored"),
+        pl.col("ape_pct").is_null().sum().cast(pl.Int64).alias("unscored"),
         pl.col("ape_pct").mean().alias("mape_pct"),
         pl.col("ape_pct").median().alias("median_ape_pct"),
         pl.col("ape_pct").max().alias("max_ape_pct"),

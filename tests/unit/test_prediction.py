@@ -100,7 +100,7 @@ def test_leave_one_out_errors_vanish_for_the_plain_model(plain_run: Explanation)
     m = plain_run.mape.filter(plain_run.mape["model"] == "plain")
     lat = m.filter(m["figure"].is_in(["tpot_p50_s", "ttft_p99_s", "e2e_p99_s"]))
     # a decoder has two latency figures, the encoder one: 4 + 3 + 3 + 5 + 4 + 3 over the sets
-    assert lat["n"].sum() == 22 and lat["censored"].sum() == 0
+    assert lat["n"].sum() == 22 and lat["unscored"].sum() == 0
     assert lat["mape_pct"].max() < 1e-6
     att = plain_run.scores.filter((plain_run.scores["model"] == "plain")
                                   & (plain_run.scores["figure"] == "slo_attainment"))
