@@ -10,8 +10,8 @@ import polars as pl
 
 from reports.aggregate import experiment_table
 from reports.batch import batch_table, flagged
-from reports.bottleneck import bottleneck_table
 from reports.conditions import conditions_frame
+from reports.explain import Explanation, explain
 from reports.interference import (
     INTERFERENCE_METRICS,
     baselines,
@@ -38,7 +38,7 @@ class Analysis:
     interference: pl.DataFrame  # co-located group x tenant x metric vs alone
     matrix: pl.DataFrame  # victim x co-tenant (pairs)
     strategies: pl.DataFrame  # one row per group, ranked
-    bottleneck: pl.DataFrame  # tenant x rate scale (isolated)
+    bottleneck: pl.DataFrame  # tenant x offered rate (alone): what binds
     failures: pl.DataFrame  # experiments that did not complete
     settings: ReportSettings  # margin, level, multiplicity, pooling (spec.report)
     batch: pl.DataFrame  # group x tenant: in flight against max_num_seqs, limits that bind
@@ -49,6 +49,7 @@ class Analysis:
     def family_size(self) -> int:
         """How many figures the report tests (and corrects for multiplicity over)."""
         return int(self.interference["in_family"].sum() or 0)
+    explanation: Explanation  # profiles, attribution, predictions and their scores
 
     @property
     def tenants(self) -> list[str]:
@@ -110,6 +111,7 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
     colocated = {k: v for k, v in baselines(exp).items() if k[0] != v}
     flags = flagged(batch, colocated)
     inter = mark_batch_limit(inter, flags)
+    x = explain(run, exp, dev)
     return Analysis(
         run=run,
         experiments=exp,
@@ -119,12 +121,13 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
         interference=inter,
         matrix=pair_matrix(inter),
         strategies=strategy_table(exp, stats, inter, flags),
-        bottleneck=bottleneck_table(exp, dev),
+        bottleneck=x.bottleneck,
         failures=failures_frame(run),
         settings=settings,
         batch=batch,
         conditions=conditions_frame(run),
         precision=precision_table(inter, settings),
+        explanation=x,
     )
 
 

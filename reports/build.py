@@ -10,6 +10,7 @@ import polars as pl
 from reports import figures as F
 from reports.analysis import Analysis, analyze
 from reports.errors import ReportError
+from reports.explain_render import explain_tables, predicted_vs_measured
 from reports.html import render
 from reports.markdown import summary_markdown
 from reports.request_figures import latency_cdf, request_rate_series
@@ -56,7 +57,7 @@ def _tables(a: Analysis) -> dict[str, pl.DataFrame]:
         "batch_limits": a.batch,
         "conditions": a.conditions,
         "precision": a.precision,
-    }
+    } | explain_tables(a.explanation)
 
 
 def _timeline_experiments(a: Analysis, limit: int) -> list[ExperimentRecord]:
@@ -97,6 +98,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
     order = a.set_order
     keep("strategy_map", "worst headline slowdown per set", F.strategy_map(a.strategies, a.settings.margin))
     keep("interference_heatmap", "victim x co-tenant", F.interference_heatmap(a.matrix, a.tenants))
+    keep("predicted_vs_measured", "predicted against measured", predicted_vs_measured(a.explanation))
     keep("throughput_goodput", "throughput and goodput", F.throughput_bars(a.stats, a.tenants, order))
     cdf_e2e = latency_cdf(run, "e2e_s")
     keep("cdf_e2e", "E2E latency CDF", F.latency_cdfs(cdf_e2e, a.tenants, order, "E2E latency"))

@@ -15,6 +15,7 @@ import polars as pl
 
 from reports.analysis import Analysis
 from reports.conditions import summary as conditions_summary
+from reports.explain_render import explain_html
 from reports.figures import SavedFigure
 from reports.html_verdicts import (
     KEY_DECODER,
@@ -192,6 +193,7 @@ def render(a: Analysis, figs: dict[str, SavedFigure], timelines_shown: Sequence[
         ("summary", "Summary"), ("sets", "Sets"), ("interference", "Interference"),
         *((("precision", "Precision"),) if a.settings.precision_half_width is not None else ()),
         ("tenants", "Tenants"),
+        ("explain", "Bottlenecks and predictions"),
         ("timelines", "Timelines"), ("failures", "Failures"), ("environment", "Environment")))
     body = "".join([
         summary_section(a, figs),
@@ -199,6 +201,7 @@ def render(a: Analysis, figs: dict[str, SavedFigure], timelines_shown: Sequence[
         interference_section(a, figs),
         precision_section(a),
         tenants_section(a, figs),
+        explain_html(a.explanation, a.tenants, figs),
         timelines_section(a, figs, timelines_shown, timelines_total),
         failures_section(a),
         experiments_section(a),

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from reports.analysis import Analysis, analyze
+from reports.explain_render import explain_markdown
 from reports.metrics import label, num
 from reports.narrative import fmt_ratio, headlines, what_was_run
 from reports.strategy import set_name
@@ -78,9 +79,7 @@ def summary_markdown(analysis: Analysis | RunDir | str | Path) -> str:
         done = int(a.precision["reached"].sum() or 0)
         out += ["", f"Precision target (log half-width {num(a.settings.precision_half_width)}): "
                 f"{done} of {a.precision.height} primary figures reached it."]
-    if a.bottleneck.height:
-        out += ["", "## Bottlenecks (tenants alone)", ""]
-        out += [f"- {r['reading']}" for r in a.bottleneck.iter_rows(named=True)]
+    out += explain_markdown(a.explanation)
     if a.failures.height:
         out += ["", "## Did not complete", ""]
         out += [f"- `{r['experiment_id']}`: {r['status']}" + (f" — {r['reason']}" if r["reason"] else "")

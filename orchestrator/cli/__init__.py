@@ -3,7 +3,7 @@
 This module holds the group, its help and `main` (one clean line for a user's error); the
 commands live beside it, each module imported only when its command runs:
 `orchestrator.cli.campaign` (validate, plan, up, run, presets), `orchestrator.cli.workloads`
-(trace, replay) and `orchestrator.cli.reports` (report, compare).
+(trace, replay) and `orchestrator.cli.reports` (report, compare, predict).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("orchestrator.cli.workloads", "replay"),
     "report": ("orchestrator.cli.reports", "report"),
     "compare": ("orchestrator.cli.reports", "compare"),
+    "predict": ("orchestrator.cli.reports", "predict"),
 }
 
 _HELP = {
@@ -37,6 +38,7 @@ _HELP = {
     "replay": "Replay a trace against endpoints that are already running.",
     "report": "(Re)build the report of a run directory.",
     "compare": "Put two campaigns side by side (e.g. time-slice vs MPS).",
+    "predict": "Predict a set nobody ran from the tenants' solo profiles.",
 }
 
 

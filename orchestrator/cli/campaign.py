@@ -50,20 +50,37 @@ def validate(spec: Path) -> None:
 @SPEC_ARG
 @click.option("--gpu-memory", type=float, default=None, metavar="GiB",
               help="Plan for a GPU of this size instead of the one NVML finds (or the host).")
-def plan(spec: Path, gpu_memory: float | None) -> None:
+@click.option("--targets", default=None, metavar="T=RPS,...",
+              help="Place these target loads (req/s per tenant) onto as few GPUs as the "
+              "predicted capacities allow; needs --profiles.")
+@click.option("--profiles", type=click.Path(path_type=Path, file_okay=False), default=None,
+              metavar="RUN_DIR", help="The run directory whose solo profiles predict with.")
+def plan(spec: Path, gpu_memory: float | None, targets: str | None,
+         profiles: Path | None) -> None:
     """Print the memory plan for SPEC's tenants: share, bytes, KV capacity, start order.
 
     Over-commit is refused here, before anything starts, with a table of needs.
 
     \b
+    With --targets and --profiles: a placement of the target loads onto GPUs instead
+    (first-fit decreasing on each tenant's load as a fraction of its solo capacity, a
+    GPU's set accepted where the predicted co-located capacity covers its loads), the
+    GPUs it needs against one GPU per tenant, and which pairings to verify first.
+
+    \b
     Examples:
       cotenant plan examples/h100-pairing.yaml --gpu-memory 80
       cotenant plan examples/cpu-demo.yaml
+      cotenant plan examples/cpu-predict.yaml --profiles runs/cpu-predict \\
+          --targets llama-a=6,llama-b=8,minilm=4
     """
     from orchestrator.device import make_memory_plan
     from orchestrator.spec import load_spec
 
     s, _ = load_spec(spec, check_files=False)
+    if targets is not None or profiles is not None:
+        _placement(s, targets, profiles)
+        return
     if gpu_memory is not None:
         s = s.model_copy(update={"gpu": s.gpu.model_copy(update={"memory_gib": gpu_memory})})
     mem, gpu = make_memory_plan(s)
@@ -72,6 +89,22 @@ def plan(spec: Path, gpu_memory: float | None) -> None:
     c.print(_table(f"memory plan: {mem.total_bytes / 2**30:.1f} GiB, {mem.backend}, {where}", mem.rows()))
     c.print(f"reserve {mem.reserve_bytes / 2**30:.2f} GiB, left free {mem.free_bytes / 2**30:.2f} GiB; "
             f"start order: {' → '.join(mem.start_order)}")
+
+
+def _placement(s: Any, targets: str | None, profiles: Path | None) -> None:
+    """``plan --targets --profiles``: the placement reports.placement proposes."""
+    from orchestrator.cli.reports import _pairs
+    from reports.placement import place, placement_text
+    from reports.predict_cli import load_explanation
+
+    if targets is None or profiles is None:
+        raise click.UsageError("--targets and --profiles go together")
+    want = _pairs(targets, "--targets")
+    unknown = [t for t in want if t not in s.tenant_names]
+    if unknown:
+        raise click.BadParameter(f"no tenant named {', '.join(unknown)} in the spec",
+                                 param_hint="--targets")
+    click.echo(placement_text(place(load_explanation(profiles), want)))
 
 
 @click.command()

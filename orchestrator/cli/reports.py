@@ -31,7 +31,10 @@ def report(run_dir: Path, out: Path | None) -> None:
                          set, interference, tenants, timelines, failures, environment
       summary.md         the headline and ranking, for a terminal or a pull request
       tables/*.parquet   every figure, also as .csv (experiments, groups, interference,
-                         strategies, bottleneck, failures, ...)
+                         strategies, failures, profiles: each tenant alone by offered
+                         rate, bottleneck: what binds per tenant and load, attribution:
+                         what grew in co-located sets, prediction_scores / _mape: the
+                         leave-one-out errors of the predictions, ...)
       figures/*.svg      the figures, also as .png
 
     \b
@@ -86,3 +89,54 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
     click.echo(f"compare:  {html}")
     click.echo(f"summary:  {html.parent / 'compare.md'}")
     click.echo(f"tables:   {html.parent / 'tables'}/compare.csv")
+
+
+def _pairs(text: str | None, option: str) -> dict[str, float]:
+    """``a=40,b=60`` -> {"a": 40.0, "b": 60.0}."""
+    out: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, eq, val = part.partition("=")
+        try:
+            if not eq:
+                raise ValueError
+            out[name.strip()] = float(val)
+        except ValueError:
+            raise click.BadParameter(f"{part!r}: expected TENANT=NUMBER, e.g. a=40,b=60",
+                                     param_hint=option) from None
+    return out
+
+
+@click.command("predict")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--set", "set_", required=True, metavar="A+B",
+              help="The tenants to put together, e.g. llama-a+minilm.")
+@click.option("--rates", default=None, metavar="A=R,B=R",
+              help="Offered req/s per tenant; without it: the co-located capacity and W.")
+@click.option("--mix", default=None, metavar="A=W,B=W",
+              help="Capacity along this mix of rates (default: each tenant the same fraction "
+              "of its solo capacity).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict(run_dir: Path, set_: str, rates: str | None, mix: str | None, as_json: bool) -> None:
+    """Predict a set nobody ran from the tenants' solo profiles in RUN_DIR.
+
+    \b
+    With --rates: each tenant's TPOT p50, TTFT p99 (E2E p99 for the encoder) and SLO
+    attainment when the set runs together at those rates. Without: the set's co-located
+    capacity (the largest scale of the mix at which every tenant meets its SLO target)
+    and its weighted capacity W = sum of rate / solo capacity. Every figure has an
+    interval, from the leave-one-out errors of the run's measured sets when there are
+    any, else from the profile's repetition spread; the model and why are printed too.
+
+    \b
+    Examples:
+      cotenant predict runs/cpu-predict --set llama-a+minilm
+      cotenant predict runs/cpu-predict --set llama-a+llama-b --rates llama-a=3,llama-b=4
+      cotenant predict runs/h100-pairs --set llama+qwen --mix llama=2,qwen=1 --json
+    """
+    from reports.predict_cli import run_predict
+
+    text = run_predict(run_dir, set_.split("+"), _pairs(rates, "--rates") if rates else None,
+                       _pairs(mix, "--mix") if mix else None, as_json)
+    click.echo(text)

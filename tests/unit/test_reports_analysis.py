@@ -1,4 +1,5 @@
-"""Repetitions, interference ratios, strategy ranking and bottleneck readings, by hand."""
+"""Repetitions, interference ratios and strategy ranking, by hand (bottleneck readings:
+test_reports_bottleneck.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import polars as pl
 import pytest
 
 from reports.batch import batch_table, flagged
-from reports.bottleneck import bottleneck_table, leaning
 from reports.interference import (
     REASON_NO_BASELINE,
     baselines,
@@ -270,33 +270,3 @@ def test_batch_limit_by_littles_law() -> None:
     assert flags == {("a__all__x1", "a"), ("a+c__all__x1", "a"), ("a+c__all__x1", "c")}
 
 
-@pytest.mark.parametrize(
-    ("sm", "dram", "tensor", "expected"),
-    [
-        (45.0, 70.0, 20.0, "memory bandwidth"),
-        (35.0, 15.0, 55.0, "compute"),
-        (50.0, 50.0, 48.0, "balanced"),
-        (10.0, 8.0, 2.0, "light load"),
-        (None, None, None, "no GPM"),
-    ],
-)
-def test_bottleneck_leaning(sm: float | None, dram: float | None, tensor: float | None, expected: str) -> None:
-    assert leaning(sm, dram, tensor) == expected
-
-
-def test_bottleneck_without_gpm_says_so() -> None:
-    dev = pl.DataFrame({
-        "experiment_id": ["a__all__x1__r0"], "group_id": ["a__all__x1"], "active_set": ["a"],
-        "resident_set": ["a+b"], "rate_scale": [1.0], "repetition": [0], "telemetry_source": ["host"],
-        "gpm_sm_util_mean_pct": [None], "gpm_dram_bw_util_mean_pct": [None],
-        "gpm_tensor_active_mean_pct": [None], "gpm_sm_occupancy_mean_pct": [None],
-        "gpu_util_mean_pct": [None], "host_cpu_mean_pct": [60.0],
-    }, schema_overrides={c: pl.Float64 for c in ("gpm_sm_util_mean_pct", "gpm_dram_bw_util_mean_pct",
-                                                  "gpm_tensor_active_mean_pct", "gpm_sm_occupancy_mean_pct",
-                                                  "gpu_util_mean_pct")})
-    exp = frame(rep_rows("a", {"a": {"proc_cpu_mean_pct": [150.0]}}))
-    b = bottleneck_table(exp, dev).row(0, named=True)
-    assert b["leans_on"] == "no GPM"
-    assert "no GPM samples on this machine" in b["reading"]
-    assert "this was a host (CPU) run" in b["reading"]
-    assert "150% CPU (1.5 cores)" in b["reading"]

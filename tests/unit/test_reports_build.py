@@ -86,8 +86,9 @@ def test_known_interference_is_found(gpu_run: Path) -> None:
     unranked = a.strategies.filter((pl.col("n_active") > 1) & (pl.col("classification") == "not established"))
     assert unranked.height and unranked["rank"].null_count() == unranked.height
     assert a.family_size == a.interference.filter(pl.col("in_family")).height > 0
-    assert a.bottleneck.filter(pl.col("tenant") == "llama-a")["leans_on"][0] == "memory bandwidth"
-    assert a.bottleneck.filter(pl.col("tenant") == "minilm")["leans_on"][0] == "compute"
+    # alone, no fixture tenant reaches a limit (DRAM 70% < 80%, GPU busy 65-70% < 95%)
+    assert set(a.bottleneck["binding"]) == {"nothing saturated"}
+    assert a.bottleneck.filter(pl.col("tenant") == "llama-a")["nearest"][0] == "memory bandwidth"
 
 
 def test_html_is_self_contained(built: ReportPaths) -> None:
@@ -162,11 +163,13 @@ def test_host_run_has_no_gpm_and_draws_cpu(tmp_path: Path) -> None:
                  repetitions=2, failed={})
     paths = build_report(write_run(tmp_path, rs))
     b = pl.read_parquet(paths.tables_dir / "bottleneck.parquet")
-    assert set(b["leans_on"]) == {"no GPM"}
-    assert all("no GPM samples on this machine" in r for r in b["reading"])
-    assert all("% CPU" in r for r in b["reading"])
+    # the fixture's decoder engine uses 0.9 core alone (it binds); the encoder's batcher is
+    # not one thread, and the host is at 30%: nothing saturated
+    assert dict(zip(b["tenant"], b["binding"], strict=True)) == {
+        "llama-a": "engine CPU", "minilm": "nothing saturated"}
+    assert all("GPU" not in r for r in b["reading"])
     html = paths.html.read_text()
-    assert "host CPU" in html and "no GPM samples on this machine" in html
+    assert "host CPU" in html and "engine CPU binds (engine CPU 0.9 core" in html
     assert 'data-figure="interference_heatmap"' in html  # "all" of two tenants is a pair
     assert (paths.figures_dir / "timeline_llama-a__all__x1__r0.png").is_file()
     assert "llama-b" not in paths.summary_md.read_text()
