@@ -91,8 +91,8 @@ class ResidentSet:
                 self.kv_info[t.name] = read_kv_cache_info(running)
             w = cpu_attention_for(t, running.resolved, self.plan.backend)
             if w:
-                self.on_event(f"{t.name}: attention on {w['isa']!r}, not {w['instead_of']!r} "
-                              f"({w['why']}; {w['how']})")
+                self.on_event(f"{t.name}: CPU attention through servers.cpu_attention "
+                              f"({w['why']})")
         self.on_event(f"{t.name} healthy after {secs:.1f} s at {running.base_url}")
         return running
 
