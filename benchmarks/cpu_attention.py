@@ -188,9 +188,31 @@ def summarize(rows: list[dict], configs: list[str]) -> dict[str, Any]:
     return out
 
 
+def print_table(console: Any, rows: list[dict], isas: dict[str, Any],
+                a: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{a.model}: {a.concurrency} concurrent x {a.input} in / {a.output} out, "
+                    f"{a.batches} batches a start ({cpu_name()})", title_justify="left")
+    cols = ["round", "config", "isa", "guarded", "block_size", "start_s", "out_tok_per_s",
+            "tpot_ms", "ttft_p50_ms", "errors"]
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        r["isa"] = isas.get(r["config"], "?")
+        if "failed" in r:
+            t.add_row(str(r["round"]), r["config"], str(r["isa"]), "-", "-", "-",
+                      "failed to start", "", "", "")
+            continue
+        t.add_row(*[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    console.print(t)
+    for cfg in dict.fromkeys(r["config"] for r in rows if "failed" in r):
+        console.print(f"{cfg} failed to start: "
+                      + next(r["failed"] for r in rows if r["config"] == cfg and "failed" in r))
+
+
 def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     from servers.presets import resolve_model
     from servers.spec import VllmTenant
@@ -214,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     out = a.out or Path(tempfile.mkdtemp(prefix="cpu-attention-"))
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a log or a pipe: the table unfolded
 
     resolved = resolve_model(VllmTenant(name="t", model=a.model))
     _, head = model_config_facts(resolved.path)
@@ -238,23 +262,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{r['out_tok_per_s']:.0f} tok/s, TPOT {r['tpot_ms']:.2f} ms, "
                         f"TTFT p50 {r['ttft_p50_ms']:.0f} ms, block {r['block_size']}"))
 
-    t = Table(title=f"{a.model}: {a.concurrency} concurrent x {a.input} in / {a.output} out, "
-                    f"{a.batches} batches a start ({cpu_name()})", title_justify="left")
-    cols = ["round", "config", "isa", "guarded", "block_size", "start_s", "out_tok_per_s",
-            "tpot_ms", "ttft_p50_ms", "errors"]
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        r["isa"] = isas.get(r["config"], "?")
-        if "failed" in r:
-            t.add_row(str(r["round"]), r["config"], str(r["isa"]), "-", "-", "-",
-                      "failed to start", "", "", "")
-            continue
-        t.add_row(*[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
-    console.print(t)
-    for cfg in dict.fromkeys(r["config"] for r in rows if "failed" in r):
-        console.print(f"{cfg} failed to start: "
-                      + next(r["failed"] for r in rows if r["config"] == cfg and "failed" in r))
+    print_table(console, rows, isas, a)
     summary = summarize(rows, configs)
     for cfg in configs[1:]:
         s = summary[cfg]
