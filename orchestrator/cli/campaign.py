@@ -113,20 +113,33 @@ def _placement(s: Any, targets: str | None, profiles: Path | None) -> None:
 @click.option("--only", multiple=True, metavar="TENANT", help="Start only these tenants (repeatable).")
 @click.option("--logs", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/live/logs"),
               show_default=True, help="Folder for the tenants' log files.")
-def up(spec: Path, check: bool, only: tuple[str, ...], logs: Path) -> None:
+@click.option("--exit-on-death", is_flag=True,
+              help="When a tenant dies, stop every tenant and exit 1 (for scripts) instead of "
+              "restarting it.")
+@click.option("--max-failures", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Leave a tenant down after this many failures (deaths or failed restarts) "
+              "within --failure-window.")
+@click.option("--failure-window", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="The window --max-failures counts in.")
+def up(spec: Path, check: bool, only: tuple[str, ...], logs: Path, exit_on_death: bool,
+       max_failures: int, failure_window: float) -> None:
     """Start SPEC's tenants and keep them up until Ctrl-C (live mode).
 
     Tenants start one at a time in the planner's order, each after the previous one is
-    healthy. The table shows the URLs: send requests by hand with curl or the openai client.
+    healthy. The table shows the URLs; under it, a curl and an openai-client example per
+    tenant that work as printed. A tenant that dies is restarted alone on its port (its log
+    tail printed, the table printed again once it is back) while the others keep serving;
+    after --max-failures failures within --failure-window seconds it is left down with the
+    reason. --exit-on-death stops everything instead (exit 1).
 
     \b
     Examples:
       cotenant up examples/cpu-demo.yaml
-      curl -s localhost:PORT/v1/completions -H 'content-type: application/json' \\
-           -d '{"model": "llama-a", "prompt": "hello", "max_tokens": 8}'
-      cotenant up examples/cpu-demo.yaml --check     # CI: healthy, then stop
+      cotenant up examples/cpu-demo.yaml --exit-on-death     # scripts: any death ends it
+      cotenant up examples/cpu-demo.yaml --check             # CI: healthy, then stop
     """
     from orchestrator.device import make_memory_plan
+    from orchestrator.live import RestartBudget, Supervisor, TenantDied, example_lines
     from orchestrator.residents import ResidentSet
     from orchestrator.spec import load_spec
 
@@ -142,27 +155,56 @@ def up(spec: Path, check: bool, only: tuple[str, ...], logs: Path) -> None:
     residents = ResidentSet(list(s.tenants), mem, logs, logs.parent / ".cache",
                             on_event=lambda m: c.log(m))
     with residents:
-        rows = []
-        for name, d in residents.describe().items():
-            rows.append({"tenant": name, "kind": d["kind"], "model": d["model"], "url": str(d["url"]),
-                         "share": f"{d['memory_share']:.2f}", "pid": str(d["pid"]),
-                         "KV tokens": str(d["kv_cache_tokens"] or d["planned_kv_tokens"] or "-"),
-                         "log": str(d["log"])})
-        Console().print(_table(f"{len(rows)} tenants healthy in {time.monotonic() - t0:.1f} s", rows))
+        _print_endpoints(residents, f"{len(residents.tenants)} tenants healthy in "
+                                    f"{time.monotonic() - t0:.1f} s")
+        urls = {n: d["url"] for n, d in residents.describe().items() if d["url"]}
+        click.echo("\n".join(example_lines(residents.tenants, urls)))
         if check:
             c.print("--check: all healthy; stopping")
             return
+        sup = Supervisor(residents, RestartBudget(max_failures, failure_window),
+                         say=lambda m: c.print(m, markup=False, highlight=False),
+                         show_log=lambda name, tail: c.print(tail, markup=False, highlight=False),
+                         exit_on_death=exit_on_death)
         c.print("Serving. Press Ctrl-C to stop every tenant.")
         try:
-            while True:
-                time.sleep(1.0)
-                dead = residents.dead()
-                if dead:
-                    for name, reason in dead.items():
-                        c.print(f"[red]{reason}[/]\n" + residents.log_tails([name])[name])
-                    raise click.ClickException("a tenant died; stopping the others")
+            _serve(residents, sup)
+        except TenantDied as e:
+            raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             c.print("stopping tenants…")
+
+
+def _print_endpoints(residents: Any, title: str, down: dict[str, str] | None = None) -> None:
+    """The endpoint table, URLs never folded (a pipe or a log gets a wide table)."""
+    from orchestrator.live import endpoint_rows
+
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=200)
+    rows = endpoint_rows(residents.describe(), down)
+    t = Table(title=title, title_justify="left")
+    for col in rows[0] if rows else []:
+        t.add_column(col, no_wrap=col in ("tenant", "url", "pid"), overflow="fold")
+    for r in rows:
+        t.add_row(*r.values())
+    con.print(t)
+    for name, why in (down or {}).items():
+        con.print(f"{name} is down: {why}", markup=False, highlight=False)
+
+
+def _serve(residents: Any, sup: Any, poll_s: float = 1.0) -> None:
+    """Watch until Ctrl-C: restart what dies (``Supervisor``), print the table again after."""
+    while True:
+        time.sleep(poll_s)
+        changed = sup.check()
+        if not changed:
+            continue
+        up_now = len(residents.tenants) - len(sup.down)
+        _print_endpoints(residents, f"{up_now} of {len(residents.tenants)} tenants up "
+                                    f"(after: {', '.join(changed)})", sup.down)
+        if sup.all_down():
+            raise click.ClickException("every tenant is down")
 
 
 @click.command()

@@ -44,7 +44,8 @@ def test_vllm_argv(tmp_path: Path) -> None:
         engine_args=["--seed", "7"],
         api_key="k3y",
     )
-    argv, env = vllm_argv_env(t, LOCAL, 0.25, 8123, tmp_path, backend="cpu", vllm_port=21000)
+    argv, env = vllm_argv_env(t, LOCAL, 0.25, 8123, tmp_path, backend="cpu", vllm_port=21000,
+                              cpu_flags=frozenset())  # no AMX: the tenant's dtype as given
     assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry"]
     assert flag(argv, "--model") == LOCAL.path
     assert flag(argv, "--served-model-name") == "chat"
