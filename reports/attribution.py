@@ -68,7 +68,9 @@ def grown(measured: Mapping[str, Any], p: TenantProfile, rate: float) -> list[st
         solo = p.demand_at(fig, rate)
         if m is None or solo is None:
             continue
-        if (m - solo) * scale > floor and m > (1 + GROWTH) * solo:
+        # more than GROWTH, with a margin for float noise (means over samples are summed in
+        # parallel, so a rise of exactly GROWTH must not flip between two builds)
+        if (m - solo) * scale > floor and m - (1 + GROWTH) * solo > 1e-9 * abs(solo):
             rel = f" (+{num(100 * (m / solo - 1), 2)}%)" if solo > 0 else ""
             out.append(f"{what} {num(solo * scale, 2)} → {num(m * scale, 2)}{unit}{rel}")
     return out
