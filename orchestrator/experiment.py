@@ -282,11 +282,27 @@ def idle_gate(spec: CampaignSpec, residents: ResidentSet) -> IdleGate:
     with contextlib.ExitStack() as stack:
         util = None
         if residents.plan.backend == "cuda":
-            nvml = stack.enter_context(nvml_session())
-            if nvml is not None:
-                handle = nvml.nvmlDeviceGetHandleByIndex(spec.gpu.index)
-                util = lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)  # noqa: E731
+            util = _nvml_utilization(stack.enter_context(nvml_session()), spec.gpu.index)
         return wait_idle(endpoints, spec.experiment.idle, gpu_util=util)
+
+
+def _nvml_utilization(nvml: Any, index: int) -> Callable[[], float | None] | None:
+    """A reader of GPU ``index``'s NVML utilization (None where NVML cannot say), or None
+    without NVML."""
+    if nvml is None:
+        return None
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    except nvml.NVMLError:
+        return None
+
+    def read() -> float | None:
+        try:
+            return float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except nvml.NVMLError:
+            return None
+
+    return read
 
 
 def wait_idle(endpoints: Mapping[str, tuple[str, str, Mapping[str, str]]], settings: IdleSettings,

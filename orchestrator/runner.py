@@ -2,7 +2,12 @@
 everything, survive crashed tenants, stop every server on the way out, build the report.
 
 The loop is handed its executor (``executors``: who runs each resident group, and where); the
-group loop below it is ``group.run_group``.
+group loop below it is ``group.run_group``. campaign.json records the order seed and the
+server lifetimes (``restarts``) as resolved, so that ``--resume`` replans the same plan.
+With ``experiment.precision``, after the planned blocks the loop computes each co-located
+tenant's paired interval (``reports.precision``) and adds blocks until every half-width is
+at most the target or ``max_repetitions`` is reached; the live display shows the widest
+interval left, and ``--resume`` picks the goal up where a campaign stopped.
 """
 
 from __future__ import annotations

@@ -139,3 +139,27 @@ def test_the_plan_warns_where_the_batch_limit_binds_before_the_slo() -> None:
     assert x4.budget_s == 1.0 and x4.warn and "batch limit binds before the SLO" in x4.text()
     assert "max_num_seqs 8" in x4.text() and "1 s" in x4.text()
     assert not notes[("b", 4.0)].warn and "names no E2E bound" in notes[("b", 4.0)].text()
+
+
+def test_the_commands_show_the_seed_lifetimes_and_the_batch_limit(tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from orchestrator.cli.campaign import plan, run
+
+    data = {**BASE, "experiment": {"repetitions": 4, "restarts": 2, "rate_scales": [1.0, 8.0]},
+            "slo": {"a": {"ttft_ms": 500, "tpot_ms": 100}}}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data))
+    out = CliRunner().invoke(plan, [str(p)], env={"COLUMNS": "400"})
+    assert out.exit_code == 0, out.output
+    # a: 8 seqs at 8 req/s is a 1 s budget; the SLO allows 0.5 + 63 x 0.1 s
+    assert "warning: a x8: 8 req/s; max_num_seqs 8 holds it while mean E2E stays under 1 s" in out.output
+    assert "batch limit: a x1:" in out.output and "the SLO binds first" in out.output
+    dry = CliRunner().invoke(run, [str(p), "--dry-run", "--seed", "5"], env={"COLUMNS": "400"})
+    assert dry.exit_code == 0, dry.output
+    assert "order seed 5 (fixed); 4 blocks, 2 server lifetime(s)" in dry.output
+    fresh = CliRunner().invoke(run, [str(p), "--dry-run"], env={"COLUMNS": "400"})
+    assert "drawn for this dry run" in fresh.output
+    bad = CliRunner().invoke(run, [str(p), "--dry-run", "--seed", "-3"])
+    assert bad.exit_code != 0 and "--seed" in bad.output

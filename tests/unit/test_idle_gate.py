@@ -177,3 +177,33 @@ def test_the_gpu_must_fall_below_its_threshold(readings: list[float | None], idl
     assert g["gpu_util_pct"] == readings[-1]
     if not idle:
         assert g["busy"] == {"(gpu)": "utilization 80% (idle below 10%)"}
+
+
+def test_the_nvml_reader_says_none_where_nvml_cannot() -> None:
+    from orchestrator.experiment import _nvml_utilization
+
+    class Error(Exception):
+        pass
+
+    class Fake:
+        NVMLError = Error
+
+        def __init__(self, fail_handle: bool = False, fail_read: bool = False) -> None:
+            self.fail_handle, self.fail_read = fail_handle, fail_read
+
+        def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
+            if self.fail_handle:
+                raise Error("no such GPU")
+            return i
+
+        def nvmlDeviceGetUtilizationRates(self, h: int) -> object:  # noqa: N802
+            if self.fail_read:
+                raise Error("not supported")
+            return type("U", (), {"gpu": 37, "memory": 5})()
+
+    assert _nvml_utilization(None, 0) is None
+    assert _nvml_utilization(Fake(fail_handle=True), 0) is None
+    read = _nvml_utilization(Fake(), 0)
+    assert read is not None and read() == 37.0
+    read = _nvml_utilization(Fake(fail_read=True), 0)
+    assert read is not None and read() is None
