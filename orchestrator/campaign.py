@@ -2,15 +2,25 @@
 possible, and the loop that runs them, resumably, into a run directory.
 
 Order: experiments are grouped by resident set (a group starts its servers once). Inside a
-group, repetitions interleave (A B A B, not A A B B) and the order inside each round is
-shuffled with the campaign's seed, so slow drift (clocks, caches, warm-up) spreads over all
-sets instead of landing on one.
+group, the experiments come in **blocks**: a block is one repetition, and holds every cell of
+the group once (its co-located arms and the alone arms of their tenants, with the same
+arrivals), in an order shuffled with the campaign's **order seed**, so slow drift (clocks,
+caches, warm-up) spreads over all sets instead of landing on one. Blocks run one after the
+other (A B A B, not A A B B). ``experiment.restarts: N`` cuts a group's blocks into N
+contiguous chunks and restarts the resident set between chunks (``Experiment.chunk``), so
+that N server lifetimes enter the interval.
+
+The order seed is fresh per campaign unless the spec or ``cotenant run --seed`` gives one;
+campaign.json records it and ``--resume`` reuses it, so a resumed plan is the same plan. The
+trace seeds derive from it too: in repetition r a tenant gets the same arrivals alone and
+co-located (paired), and other arrivals in another campaign.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +33,16 @@ class Experiment:
     id: str
     resident: tuple[str, ...]
     active: tuple[str, ...]
-    repetition: int
+    repetition: int  # the block
     rate_scale: float
-    # Trace seed: depends on the repetition and rate only, so in repetition r a tenant gets the
-    # same arrivals alone and co-located (a paired comparison); see tenant_seed().
+    # Trace seed: depends on the order seed, the repetition and the rate only, so in
+    # repetition r a tenant gets the same arrivals alone and co-located (a paired
+    # comparison); see tenant_seed().
     seed: int
     prompt_seed: int  # differs for every experiment: no prompt is ever reused across experiments
+    order_seed: int | None = None
+    # the planned server lifetime: the group restarts its servers when this changes
+    chunk: int = 0
 
     def tenant_seed(self, tenant: str) -> int:
         return _seed(self.seed, tenant)
@@ -39,9 +53,11 @@ class Experiment:
             "resident": list(self.resident),
             "active": list(self.active),
             "repetition": self.repetition,
+            "block": self.repetition,
             "rate_scale": self.rate_scale,
             "seed": self.seed,
             "prompt_seed": self.prompt_seed,
+            "order_seed": self.order_seed,
         }
 
 
@@ -55,17 +71,37 @@ class ResidentGroup:
 class CampaignPlan:
     spec: CampaignSpec
     groups: list[ResidentGroup]
+    order_seed: int = 0
+    restarts: int = 1
+    blocks: int = 1  # repetitions planned (0 .. blocks - 1)
 
     @property
     def experiments(self) -> list[Experiment]:
         return [e for g in self.groups for e in g.experiments]
 
-    def expected_seconds(self, start_s: float = 45.0) -> float:
-        """Rough wall time: servers started per group, plus each experiment's windows."""
+    def expected_seconds(self, start_s: float = 45.0, warmup_s: float = 10.0) -> float:
+        """Rough wall time: servers started (and warmed up) per group and lifetime, plus each
+        experiment's windows."""
         x = self.spec.experiment
-        per_exp = x.warmup_s + x.duration_s + min(x.drain_s, 5.0) + 1.0
-        starts = sum(len(g.resident) for g in self.groups) * start_s
+        per_exp = x.warmup_s + x.duration_s + min(x.drain_s, 5.0) + 1.5
+        lifetimes = min(self.restarts, self.blocks)
+        per_start = start_s + (warmup_s if x.warmup.enabled else 0.0)
+        starts = sum(len(g.resident) for g in self.groups) * per_start * lifetimes
         return starts + per_exp * len(self.experiments)
+
+    def extend(self, more: int) -> list[Experiment]:
+        """Add ``more`` blocks (the next repetition indices, the same plan rules, one new chunk
+        of server lifetimes after the planned ones); returns the new experiments."""
+        first = self.blocks
+        new_groups = _plan_groups(self.spec, self.order_seed, range(first, first + more),
+                                  chunks=1, chunk0=_next_chunk(self))
+        added: list[Experiment] = []
+        by_resident = {g.resident: g for g in self.groups}
+        for ng in new_groups:
+            by_resident[ng.resident].experiments.extend(ng.experiments)
+            added += ng.experiments
+        self.blocks += more
+        return added
 
 
 def experiment_id(spec: CampaignSpec, resident: tuple[str, ...], active: tuple[str, ...],
@@ -79,33 +115,151 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(h[:4], "big")
 
 
-def plan_campaign(spec: CampaignSpec) -> CampaignPlan:
+def fresh_order_seed() -> int:
+    """A new order seed (31 bits: readable, and an int everywhere)."""
+    return secrets.randbits(31)
+
+
+def resolve_order_seed(spec: CampaignSpec, override: int | None = None,
+                       recorded: int | None = None) -> int:
+    """The campaign's order seed: the one campaign.json recorded (a resume), else ``--seed``,
+    else the spec's, else a fresh one."""
+    for s in (recorded, override, spec.experiment.seed):
+        if s is not None:
+            return int(s)
+    return fresh_order_seed()
+
+
+def resolve_restarts(spec: CampaignSpec, gpu: bool) -> int:
+    """Server lifetimes: the spec's ``restarts``, else 2 on a GPU and 1 on the CPU; never more
+    than the planned blocks."""
     x = spec.experiment
+    n = x.restarts if x.restarts is not None else (2 if gpu else 1)
+    return max(1, min(n, x.repetitions))
+
+
+def chunk_of(block: int, blocks: int, chunks: int) -> int:
+    """The chunk (planned server lifetime) of ``block`` among ``blocks`` cut into ``chunks``
+    contiguous chunks of sizes that differ by at most one."""
+    return block * chunks // blocks
+
+
+def plan_campaign(spec: CampaignSpec, order_seed: int | None = None, *, restarts: int = 1,
+                  blocks: int | None = None) -> CampaignPlan:
+    """The plan: resident groups, each a sequence of blocks. ``order_seed`` None: the spec's
+    seed, else a fresh one. ``blocks``: how many repetitions to plan (default: the spec's;
+    more on a resume of a campaign that added blocks for precision: the planned ones split
+    into ``restarts`` chunks, those beyond in one chunk after them)."""
+    x = spec.experiment
+    seed = resolve_order_seed(spec, order_seed)
+    planned = x.repetitions
+    restarts = max(1, min(restarts, planned))
+    groups = _plan_groups(spec, seed, range(planned), chunks=restarts)
+    plan = CampaignPlan(spec, groups, seed, restarts, planned)
+    if blocks is not None and blocks > planned:
+        plan.extend(blocks - planned)
+    return plan
+
+
+def _next_chunk(plan: CampaignPlan) -> int:
+    return max((e.chunk for e in plan.experiments), default=-1) + 1
+
+
+def _plan_groups(spec: CampaignSpec, order_seed: int, reps: range, *, chunks: int,
+                 chunk0: int = 0) -> list[ResidentGroup]:
+    """Blocks ``reps`` of every resident group; each block's order is drawn from its own
+    generator (order seed, group, block), so that added blocks follow the same rules."""
     groups: dict[tuple[str, ...], ResidentGroup] = {}
-    rng = random.Random(x.seed)
-    for resident, _active in expand_sets(spec):
+    sets = expand_sets(spec)
+    for resident, _active in sets:
         groups.setdefault(resident, ResidentGroup(resident))
     for resident, group in groups.items():
-        cells = [
-            (active, scale)
-            for (res, active) in expand_sets(spec)
-            if res == resident
-            for scale in x.rate_scales
-        ]
-        for rep in range(x.repetitions):
-            round_ = list(cells)
-            rng.shuffle(round_)
-            for active, scale in round_:
+        cells = [(active, scale) for (res, active) in sets if res == resident
+                 for scale in spec.experiment.rate_scales]
+        for k, rep in enumerate(reps):
+            block = list(cells)
+            random.Random(_seed(order_seed, "order", "+".join(resident), rep)).shuffle(block)
+            chunk = chunk0 + chunk_of(k, len(reps), chunks)
+            for active, scale in block:
                 eid = experiment_id(spec, resident, active, scale, rep)
-                group.experiments.append(
-                    Experiment(
-                        id=eid,
-                        resident=resident,
-                        active=active,
-                        repetition=rep,
-                        rate_scale=scale,
-                        seed=_seed(x.seed, "trace", scale, rep),
-                        prompt_seed=_seed(x.seed, "prompt", eid),
-                    )
-                )
-    return CampaignPlan(spec, list(groups.values()))
+                group.experiments.append(Experiment(
+                    id=eid, resident=resident, active=active, repetition=rep, rate_scale=scale,
+                    seed=_seed(order_seed, "trace", scale, rep),
+                    prompt_seed=_seed(order_seed, "prompt", eid),
+                    order_seed=order_seed, chunk=chunk,
+                ))
+    return list(groups.values())
+
+
+def planned_blocks(experiment_ids: list[str]) -> int:
+    """How many blocks a recorded campaign planned: one more than its largest repetition."""
+    reps = [r for e in experiment_ids if (r := ExperimentId.parse(e).repetition) is not None]
+    return max(reps, default=-1) + 1
+
+
+# ---- the batch limit, before anything runs ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchLimitNote:
+    """Per decoder tenant and rate scale: the latency budget the batch limit leaves."""
+
+    tenant: str
+    rate_scale: float
+    rate_rps: float
+    max_num_seqs: int
+    budget_s: float  # mean E2E above which more than max_num_seqs are in flight
+    slo_e2e_s: float | None  # the SLO's implied E2E bound, where it names one
+    slo_basis: str  # how slo_e2e_s was made
+
+    @property
+    def warn(self) -> bool:
+        return self.slo_e2e_s is not None and self.budget_s < self.slo_e2e_s
+
+    def text(self) -> str:
+        head = (f"{self.tenant} x{self.rate_scale:g}: {self.rate_rps:.3g} req/s; max_num_seqs "
+                f"{self.max_num_seqs} holds it while mean E2E stays under {self.budget_s:.3g} s "
+                "(Little's law: in flight = rate x time in service)")
+        if self.slo_e2e_s is None:
+            return head + "; the SLO names no E2E bound to compare"
+        cmp = "below" if self.warn else "at or above"
+        tail = ("the batch limit binds before the SLO does: this rate measures the limit, "
+                "not the GPU") if self.warn else "the SLO binds first"
+        return (f"{head}; the SLO allows E2E up to {self.slo_e2e_s:.3g} s ({self.slo_basis}): "
+                f"the budget is {cmp} it, {tail}")
+
+
+def slo_e2e_bound(slo: Any, mean_out: float) -> tuple[float | None, str]:
+    """The E2E bound an SLO implies: its e2e_ms, else ttft + (out - 1) x tpot where it names
+    both (``mean_out``: the mean output length); (None, "") where it implies none."""
+    if slo is None:
+        return None, ""
+    if slo.e2e_ms is not None:
+        return slo.e2e_ms / 1e3, f"e2e {slo.e2e_ms:g} ms"
+    if slo.ttft_ms is not None and slo.tpot_ms is not None:
+        out = max(mean_out, 1.0)
+        bound = (slo.ttft_ms + (out - 1) * slo.tpot_ms) / 1e3
+        return bound, f"ttft {slo.ttft_ms:g} ms + {out - 1:.3g} x tpot {slo.tpot_ms:g} ms"
+    return None, ""
+
+
+def batch_limit_notes(spec: CampaignSpec, base: Any) -> list[BatchLimitNote]:
+    """For each decoder tenant with a workload and each rate scale: the mean E2E at which the
+    offered rate needs more requests in flight than ``max_num_seqs`` holds, beside the SLO's
+    implied E2E bound (``cotenant plan`` warns where the budget is below it)."""
+    from orchestrator.warmup import mean_output_tokens
+    from workloads.build import offered_rate
+
+    notes = []
+    for t in spec.tenants:
+        w = spec.workloads.get(t.name)
+        if t.kind != "vllm" or w is None:
+            continue
+        bound, basis = slo_e2e_bound(spec.slo.get(t.name), mean_output_tokens(w, base, t.name))
+        for scale in spec.experiment.rate_scales:
+            rate = offered_rate(w, scale, base_dir=base)
+            if rate <= 0:
+                continue
+            notes.append(BatchLimitNote(t.name, scale, rate, t.max_num_seqs,
+                                        t.max_num_seqs / rate, bound, basis))
+    return notes

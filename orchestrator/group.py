@@ -1,5 +1,12 @@
-"""The group loop: one resident set started once, its pending experiments run against it one
-after another, and its servers stopped, whichever executor runs it (``executors``).
+"""The group loop: one resident set started (and warmed up), its pending experiments run
+against it one after another, block by block, and its servers stopped, whichever executor
+runs it (``executors``).
+
+Every start and restart of the resident set is followed by a warm-up (``warmup.warm_up``),
+recorded in the manifest of every experiment run on that server start with the start's
+number (``server_lifetime``: the n of the servers' ``logs/<label>/<tenant>.<n>.log``). The
+plan's chunks (``experiment.restarts``) restart the set between blocks, so that several
+server lifetimes enter the interval.
 
 A tenant that fails to start, dies or hangs, and a workload that cannot be built, become
 failed experiments (the manifest says why, with the log's tail); a failure that may have left
@@ -27,6 +34,7 @@ from orchestrator.experiment import (
 from orchestrator.planner import MemoryPlan
 from orchestrator.residents import ResidentSet
 from orchestrator.spec import CampaignSpec
+from orchestrator.warmup import warm_up
 from rundir.envelope import Manifest, experiment_status, host_info
 from servers.errors import ServerError
 
@@ -74,37 +82,88 @@ def run_group(
                                 env_for=env_for, on_event=log)
         try:
             try:
-                residents.start()
+                server = start_and_warm(ctx, residents, log)
             except Exception as e:  # ServerError quotes the log; anything else: its type too
                 why = str(e) if isinstance(e, ServerError) else f"{type(e).__name__}: {e}"
                 for exp in pending:
                     done(_fail_unstarted(ctx, exp, f"resident set did not start: {why}"))
                 return outcomes
-            for i, exp in enumerate(pending):
-                out = _one(ctx, exp, residents, progress)
-                done(out)
-                if out.fatal:  # e.g. a full disk: every experiment after would fail too
-                    raise CampaignError(
-                        f"campaign stopped after {exp.id}: {out.fatal}. Experiments completed "
-                        "so far are kept; make room, then run again with --resume"
-                    )
-                if out.status != "failed" or not out.restart or i == len(pending) - 1:
-                    continue
-                try:
-                    log("restarting the resident set after a failure")
-                    residents.restart()
-                except ServerError as e:
-                    log(f"[red]restart failed:[/] {e}")
-                    for other in pending[i + 1:]:
-                        done(_fail_unstarted(ctx, other, f"resident set could not be restarted: {e}"))
-                    break
+            _run_pending(ctx, pending, residents, server, log, done, progress)
         finally:
             residents.stop()
     return outcomes
 
 
-def manifest_for(ctx: GroupContext, exp: Experiment) -> Manifest:
-    """The manifest of ``exp`` in ``ctx``'s run directory, with the keys every experiment has."""
+@dataclass
+class ServerStart:
+    """One start of a resident set: its number and its warm-up (the manifests' keys)."""
+
+    lifetime: int
+    warmup: dict[str, dict[str, Any]]
+
+    def manifest_keys(self) -> dict[str, Any]:
+        return {"server_lifetime": self.lifetime, "warmup": self.warmup}
+
+
+def server_lifetime(residents: ResidentSet) -> int:
+    """The number of the resident set's latest start: the n of its servers' log files
+    (``<tenant>.<n>.log``), which counts every start in the run directory, resumes included."""
+    ns = []
+    for rec in residents.starts[-max(1, len(residents.running)):]:
+        with contextlib.suppress(ValueError, IndexError):
+            ns.append(int(rec.log_path.name.rsplit(".", 2)[-2]))
+    return max(ns, default=0)
+
+
+def start_and_warm(ctx: GroupContext, residents: ResidentSet, log: Any,
+                   restart: bool = False) -> ServerStart:
+    """Start (or restart) the resident set, then warm every tenant up."""
+    if restart:
+        residents.restart()
+    else:
+        residents.start()
+    lifetime = server_lifetime(residents)
+    warm = warm_up(ctx.spec, ctx.base, residents, ctx.run_dir / "logs" / ctx.label, lifetime,
+                   log=log)
+    return ServerStart(lifetime, warm)
+
+
+def _run_pending(ctx: GroupContext, pending: list[Experiment], residents: ResidentSet,
+                 server: ServerStart, log: Any, done: Any, progress: Any) -> None:
+    """The experiments one after another; the set restarts (and warms up again) where the
+    plan's chunk changes and after a failure that may have left the servers unwell (once,
+    when both fall together)."""
+    chunk = pending[0].chunk
+    restart_why: str | None = None
+    for i, exp in enumerate(pending):
+        if exp.chunk != chunk:
+            chunk = exp.chunk
+            restart_why = restart_why or "the next server lifetime"
+        if restart_why:
+            try:
+                log(f"restarting the resident set: {restart_why}")
+                server = start_and_warm(ctx, residents, log, restart=True)
+            except ServerError as e:
+                log(f"[red]restart failed:[/] {e}")
+                for other in pending[i:]:
+                    done(_fail_unstarted(ctx, other, f"resident set could not be restarted: {e}"))
+                return
+            restart_why = None
+        out = _one(ctx, exp, residents, progress, server)
+        done(out)
+        if out.fatal:  # e.g. a full disk: every experiment after would fail too
+            raise CampaignError(
+                f"campaign stopped after {exp.id}: {out.fatal}. Experiments completed "
+                "so far are kept; make room, then run again with --resume"
+            )
+        if out.status == "failed" and out.restart:
+            restart_why = "after a failure"
+
+
+def manifest_for(ctx: GroupContext, exp: Experiment, server: ServerStart | None = None
+                 ) -> Manifest:
+    """The manifest of ``exp`` in ``ctx``'s run directory, with the keys every experiment has
+    (and, where it ran on a server start, that start's number and warm-up)."""
     spec, x = ctx.spec, ctx.spec.experiment
     return Manifest(
         ctx.run_dir / exp.id,
@@ -119,6 +178,7 @@ def manifest_for(ctx: GroupContext, exp: Experiment) -> Manifest:
             "executor": ctx.executor,
             "host": host_info()["hostname"],
             "gpu": ctx.gpu,
+            **(server.manifest_keys() if server else {}),
         },
     )
 
@@ -140,8 +200,8 @@ class _Feed:
 
 
 def _one(ctx: GroupContext, exp: Experiment, residents: ResidentSet,
-         progress: Any = None) -> ExperimentOutcome:
-    m = manifest_for(ctx, exp)
+         progress: Any = None, server: ServerStart | None = None) -> ExperimentOutcome:
+    m = manifest_for(ctx, exp, server)
     feed = _Feed(progress, ctx.label, exp.id) if progress else None
     try:
         m.start()

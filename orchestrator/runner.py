@@ -2,12 +2,18 @@
 everything, survive crashed tenants, stop every server on the way out, build the report.
 
 The loop is handed its executor (``executors``: who runs each resident group, and where); the
-group loop below it is ``group.run_group``.
+group loop below it is ``group.run_group``. campaign.json records the order seed and the
+server lifetimes (``restarts``) as resolved, so that ``--resume`` replans the same plan.
+With ``experiment.precision``, after the planned blocks the loop computes each co-located
+tenant's paired interval (``reports.precision``) and adds blocks until every half-width is
+at most the target or ``max_repetitions`` is reached; the live display shows the widest
+interval left, and ``--resume`` picks the goal up where a campaign stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import signal
 import sys
@@ -19,7 +25,13 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.campaign import CampaignPlan, plan_campaign
+from orchestrator.campaign import (
+    CampaignPlan,
+    plan_campaign,
+    planned_blocks,
+    resolve_order_seed,
+    resolve_restarts,
+)
 from orchestrator.device import make_memory_plan
 from orchestrator.errors import CampaignError
 from orchestrator.executors.base import Executor, GroupJob
@@ -98,17 +110,19 @@ def run_campaign(
     overwrite: bool = False,
     console: Console | None = None,
     report: bool = True,
+    seed: int | None = None,
 ) -> CampaignResult:
     """Run ``spec``'s campaign into ``out_root/<name>/`` and build its report. ``executor``
     runs the resident groups (``executors.factory.make_executor`` builds the one ``cotenant
-    run`` asks for); without one, the groups run one after another in this process."""
+    run`` asks for); without one, the groups run one after another in this process. ``seed``
+    (``--seed``) fixes the order seed; a resume reuses the one campaign.json recorded."""
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     ex = executor if executor is not None else make_executor()
-    plan = plan_campaign(spec)
     mem, gpu = make_memory_plan(spec)
     run_dir = prepare_run_dir(out_root, spec, resume=resume, overwrite=overwrite)
     prior = read_campaign(run_dir) or {}
+    plan = _plan(spec, seed, prior, gpu=mem.backend == "cuda")
     campaign_data = {
         "name": spec.name,
         "spec": spec.model_dump(mode="json"),
@@ -118,6 +132,9 @@ def run_campaign(
         "backend": mem.backend,
         "plan": mem.to_dict(),
         "experiments": [e.id for e in plan.experiments],
+        "order_seed": plan.order_seed,
+        "restarts": plan.restarts,
+        "precision": prior.get("precision"),
         **ex.describe(),  # executor, gpus, address, retries
         "command": sys.argv[:],
         "started_at": prior.get("started_at") or utc_now(),
@@ -130,7 +147,8 @@ def run_campaign(
     status = "interrupted"
     try:
         with _sigterm_as_interrupt():
-            _run_groups(spec, base, plan, mem, gpu, run_dir, resume, console, result, ex)
+            loop = _Loop(spec, base, plan, mem, gpu, run_dir, console, result, ex, campaign_data)
+            loop.run(resume)
         status = "completed"
     except Exception:  # the campaign cannot go on (a full disk): not an interruption
         status = "failed"
@@ -155,50 +173,150 @@ def run_campaign(
     return result
 
 
-def _run_groups(
-    spec: CampaignSpec,
-    base: Path,
-    plan: CampaignPlan,
-    mem: MemoryPlan,
-    gpu: dict[str, Any] | None,
-    run_dir: Path,
-    resume: bool,
-    console: Console,
-    result: CampaignResult,
-    ex: Executor,
-) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+def _plan(spec: CampaignSpec, seed: int | None, prior: dict[str, Any], *, gpu: bool,
+          ) -> CampaignPlan:
+    """The campaign's plan: a resume replans what campaign.json recorded (its order seed, its
+    server lifetimes and the blocks it had added for precision), so it is the same plan."""
+    recorded = prior.get("order_seed")
+    if recorded is not None and seed is not None and int(seed) != int(recorded):
+        raise CampaignError(
+            f"this campaign's order seed is {recorded} (campaign.json); --resume reuses it: "
+            f"drop --seed {seed}, or start afresh with --overwrite"
+        )
+    order_seed = resolve_order_seed(spec, seed, recorded)
+    restarts = prior.get("restarts") or resolve_restarts(spec, gpu)
+    blocks = planned_blocks(list(prior.get("experiments") or [])) if prior else None
+    return plan_campaign(spec, order_seed, restarts=int(restarts), blocks=blocks)
 
-    total = len(plan.experiments)
-    todo = [
-        [e for e in g.experiments if not (resume and experiment_status(run_dir / e.id) == "completed")]
-        for g in plan.groups
-    ]
-    result.skipped = total - sum(len(t) for t in todo)
-    if result.skipped:
-        console.print(f"resume: {result.skipped} of {total} experiments already completed, skipped")
-    progress = _campaign_display()(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=False,
-    )
-    with progress:
-        bar = progress.add_task(f"campaign {spec.name}", total=total, completed=result.skipped)
+
+class _Loop:
+    """The campaign's rounds on one live display: the planned blocks, then (with
+    ``experiment.precision``) blocks added until the intervals are narrow enough."""
+
+    def __init__(self, spec: CampaignSpec, base: Path, plan: CampaignPlan, mem: MemoryPlan,
+                 gpu: dict[str, Any] | None, run_dir: Path, console: Console,
+                 result: CampaignResult, ex: Executor, campaign_data: dict[str, Any]) -> None:
+        self.spec, self.plan, self.run_dir, self.console = spec, plan, run_dir, console
+        self.result, self.ex, self.campaign_data = result, ex, campaign_data
+        self.ctx = GroupContext(spec, base, mem, gpu, run_dir, ex.name, "")
+
+    def run(self, resume: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = _campaign_display()(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=self.console, transient=False,
+        )
+        with self.progress:
+            total = len(self.plan.experiments)
+            self.bar = self.progress.add_task(f"campaign {self.spec.name}", total=total)
+            todo = [[e for e in g.experiments
+                     if not (resume and experiment_status(self.run_dir / e.id) == "completed")]
+                    for g in self.plan.groups]
+            self.result.skipped = total - sum(len(t) for t in todo)
+            self.progress.advance(self.bar, self.result.skipped)
+            if self.result.skipped:
+                self.console.print(f"resume: {self.result.skipped} of {total} experiments "
+                                   "already completed, skipped")
+            self.round(todo)
+            if self.spec.experiment.precision is not None:
+                self.precision()
+
+    def round(self, todo: list[list[Any]]) -> int:
+        """Run each group's ``todo`` (one list a plan group); returns how many completed."""
+        completed = 0
 
         def on_done(out: ExperimentOutcome) -> None:
-            result.outcomes.append(out)
+            nonlocal completed
+            self.result.outcomes.append(out)
             if out.status == "completed":
-                result.window_s += spec.experiment.warmup_s + spec.experiment.duration_s
-            progress.advance(bar)
-            _say(progress.console, out)
+                completed += 1
+                self.result.window_s += self.spec.experiment.warmup_s + self.spec.experiment.duration_s
+            self.progress.advance(self.bar)
+            _say(self.progress.console, out)
 
         jobs = [GroupJob(f"g{i}", pending) for i, pending in enumerate(todo) if pending]
-        ctx = GroupContext(spec, base, mem, gpu, run_dir, ex.name, "")
-        ex.run(ctx, jobs, log=progress.console.log, on_done=on_done, progress=progress.feed)
+        self.ex.run(self.ctx, jobs, log=self.progress.console.log, on_done=on_done,
+                    progress=self.progress.feed)
+        return completed
+
+    def precision(self) -> None:
+        """Add blocks until every co-located tenant's primary figure has a paired log-ratio
+        interval no wider than the target, or ``max_repetitions``; campaign.json records
+        ``precision: {target, reached, widest, repetitions}`` after each look."""
+        from reports.precision import paired_half_widths
+
+        goal = self.spec.experiment.precision
+        assert goal is not None
+        while True:
+            widths = paired_half_widths(self.run_dir)
+            rec = precision_record(widths, goal.half_width, self.plan.blocks)
+            self.progress.goal = _goal_line(rec)
+            self.campaign_data["precision"] = rec
+            write_campaign(self.run_dir, self.campaign_data)
+            if rec["reached"] or self.plan.blocks >= goal.max_repetitions:
+                self.progress.console.log(_goal_line(rec))
+                return
+            more = blocks_to_add(widths, goal.half_width, self.plan.blocks, goal.max_repetitions)
+            new = {e.id for e in self.plan.extend(more)}
+            self.progress.console.log(f"{_goal_line(rec)}: adding {more} block(s)")
+            self.campaign_data["experiments"] = [e.id for e in self.plan.experiments]
+            write_campaign(self.run_dir, self.campaign_data)
+            self.progress.update(self.bar, total=len(self.plan.experiments))
+            todo = [[e for e in g.experiments if e.id in new] for g in self.plan.groups]
+            if self.round(todo) == 0:
+                self.progress.console.log("[red]precision: no added experiment completed; "
+                                          "stopping[/]")
+                rec = precision_record(paired_half_widths(self.run_dir), goal.half_width,
+                                       self.plan.blocks)
+                self.campaign_data["precision"] = rec
+                return
+
+
+def precision_record(widths: list[Any], target: float, blocks: int) -> dict[str, Any]:
+    """campaign.json's ``precision``: the target, whether every half-width reached it, the
+    widest cell ({group_id, tenant, figure, n, log_half_width}, null half-width: fewer than
+    two pairs) and the repetitions planned."""
+    widest = max(widths, key=lambda w: w.log_half_width, default=None)
+    return {
+        "target": target,
+        "reached": all(w.log_half_width <= target for w in widths),
+        "widest": widest.to_dict() if widest is not None else None,
+        "repetitions": blocks,
+    }
+
+
+def blocks_to_add(widths: list[Any], target: float, blocks: int, cap: int) -> int:
+    """How many blocks to add next: enough for the widest cell to reach ``target`` if its
+    spread holds (half-width ~ 1/sqrt(n)), at least one, at most doubling what was run (the
+    spread of few pairs is itself uncertain), never past ``cap`` repetitions."""
+    need = 0
+    for w in widths:
+        if w.log_half_width <= target:
+            continue
+        if w.n < 2 or not math.isfinite(w.log_half_width):
+            need = max(need, blocks + max(1, 2 - w.n))
+        else:
+            need = max(need, math.ceil(w.n * (w.log_half_width / target) ** 2) + (blocks - w.n))
+    more = min(max(need - blocks, 1), max(blocks, 1))
+    return max(0, min(more, cap - blocks))
+
+
+def _goal_line(rec: dict[str, Any]) -> str:
+    w = rec.get("widest")
+    head = f"precision ±{rec['target']:g} (log), {rec['repetitions']} blocks"
+    if w is None:
+        return f"{head}: no co-located tenant to measure"
+    hw = w["log_half_width"]
+    width = "no interval yet" if hw is None else f"±{hw:.3f}"
+    state = "reached" if rec["reached"] else "widest left"
+    return f"{head}: {state} {width}: {w['tenant']} in {w['group_id']} ({w['figure']}, n={w['n']})"
 
 
 def _campaign_display() -> Any:
-    """rich's Progress (the campaign bar) plus, under it, what each running group is doing:
-    its experiment, and per active tenant the completion rate, errors and p50 TTFT."""
+    """rich's Progress (the campaign bar) plus, under it, the precision goal (the widest
+    interval left and its cell) and what each running group is doing: its experiment, and
+    per active tenant the completion rate, errors and p50 TTFT."""
     from rich.progress import Progress
     from rich.text import Text
 
@@ -207,6 +325,7 @@ def _campaign_display() -> Any:
     class CampaignDisplay(Progress):
         def __init__(self, *columns: Any, **kw: Any) -> None:
             self.running: dict[str, tuple[str, Any]] = {}  # group label -> (experiment, snapshot)
+            self.goal: str | None = None  # the precision goal: the widest interval left
             super().__init__(*columns, **kw)  # (renders once already)
 
         def feed(self, label: str, experiment_id: str, snap: Any) -> None:
@@ -217,6 +336,8 @@ def _campaign_display() -> Any:
 
         def get_renderables(self) -> Any:
             yield self.make_tasks_table(self.tasks)
+            if self.goal:
+                yield Text(f"  {self.goal}")
             for _, (eid, s) in sorted(list(self.running.items())):
                 yield Text.from_markup(
                     f"  [bold]{eid}[/] {s.elapsed_s:5.0f} s  sent {s.sent}/{s.total}  "

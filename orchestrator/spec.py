@@ -30,12 +30,79 @@ class ExplicitSet(_Strict):
 StrategyItem = Literal["isolated", "pairs", "all"] | ExplicitSet
 
 
+class WarmupSettings(_Strict):
+    """Server warm-up after every start and restart of a resident set: discarded requests with
+    the campaign's own shapes, round after round, until two rounds agree (``orchestrator.warmup``)."""
+
+    enabled: Annotated[bool, Field(description="Warm each server up after it starts")] = True
+    tolerance: Annotated[
+        float,
+        Field(gt=0, le=1, description="Two consecutive rounds agree when their p50 E2E latencies "
+              "differ by at most this share (larger / smaller - 1)"),
+    ] = 0.15
+    deadline_s: Annotated[
+        float, Field(gt=0, description="Per tenant: give up (not settled) after this long")
+    ] = 120.0
+    max_rounds: Annotated[
+        int, Field(ge=2, le=1000, description="Per tenant: give up (not settled) after this many rounds")
+    ] = 10
+
+
+class IdleSettings(_Strict):
+    """The idle gate before each experiment: nothing running or waiting in any resident tenant,
+    and the GPU near idle (``orchestrator.experiment.wait_idle``)."""
+
+    deadline_s: Annotated[
+        float, Field(ge=0, description="Wait at most this long; then the experiment runs anyway, "
+                     "recorded as not idle")
+    ] = 30.0
+    gpu_util_pct: Annotated[
+        float, Field(gt=0, le=100, description="The GPU counts as idle below this NVML "
+                     "utilization (ignored without a GPU)")
+    ] = 10.0
+
+
+class PrecisionSettings(_Strict):
+    """Precision as a goal: after the planned blocks, add blocks until every co-located
+    tenant's primary figure has a paired log-ratio interval no wider than the target."""
+
+    half_width: Annotated[
+        float, Field(gt=0, description="Target half-width of the interval of log(co-located / "
+                     "alone), e.g. 0.05 (about ±5%)")
+    ] = 0.05
+    max_repetitions: Annotated[
+        int, Field(ge=2, le=1000, description="Stop adding blocks at this many repetitions")
+    ] = 40
+    figures: Annotated[
+        dict[str, str],
+        Field(description="tenant -> figure column; default tpot_p50_s (decoders), "
+              "e2e_p50_s (the encoder)"),
+    ] = {}
+
+
 class ExperimentSettings(_Strict):
     warmup_s: Annotated[float, Field(ge=0, description="Requests sent but flagged warm-up")] = 5.0
     duration_s: Annotated[float, Field(gt=0, description="Measurement window")] = 30.0
     drain_s: Annotated[float, Field(ge=0, description="Deadline for in-flight requests after")] = 30.0
-    repetitions: Annotated[int, Field(ge=1, le=1000)] = 1
-    seed: Annotated[int, Field(ge=0)] = 0
+    repetitions: Annotated[
+        int, Field(ge=1, le=1000, description="Blocks: each holds every cell of a resident set once")
+    ] = 1
+    seed: Annotated[
+        int | None,
+        Field(ge=0, description="Order seed; null: a fresh one per campaign, recorded in "
+              "campaign.json (--resume reuses it; `cotenant run --seed N` overrides)"),
+    ] = None
+    restarts: Annotated[
+        int | None,
+        Field(ge=1, le=1000, description="Server lifetimes: restart the resident set between "
+              "contiguous chunks of blocks; null: 2 on a GPU, 1 on the CPU"),
+    ] = None
+    warmup: WarmupSettings = WarmupSettings()
+    idle: IdleSettings = IdleSettings()
+    precision: Annotated[
+        PrecisionSettings | None,
+        Field(description="Add blocks until intervals are narrow enough; null: a fixed count"),
+    ] = None
     rate_scales: Annotated[
         list[Annotated[float, Field(gt=0)]],
         Field(
@@ -52,11 +119,43 @@ class ExperimentSettings(_Strict):
         ),
     ] = "shared"
 
+    @model_validator(mode="after")
+    def _counts(self) -> ExperimentSettings:
+        if self.restarts is not None and self.restarts > self.repetitions:
+            raise ValueError(f"restarts ({self.restarts}) exceeds repetitions "
+                             f"({self.repetitions}): each server lifetime needs a block")
+        p = self.precision
+        if p is not None and p.max_repetitions < self.repetitions:
+            raise ValueError(f"precision.max_repetitions ({p.max_repetitions}) is below "
+                             f"repetitions ({self.repetitions})")
+        return self
+
 
 class Slo(_Strict):
     ttft_ms: Annotated[float | None, Field(gt=0)] = None
     tpot_ms: Annotated[float | None, Field(gt=0)] = None
     e2e_ms: Annotated[float | None, Field(gt=0)] = None
+    attainment: Annotated[
+        float, Field(gt=0, le=1, description="Target share of requests that meet every bound")
+    ] = 0.90
+
+
+class ReportSettings(_Strict):
+    """How reports decide: the verdict margin, the interval level, multiplicity, pooling."""
+
+    margin: Annotated[
+        float, Field(ge=0, lt=1, description="Verdict margin delta: hurts above 1 + delta")
+    ] = 0.10
+    level: Annotated[float, Field(gt=0.5, lt=1, description="Confidence level of intervals")] = 0.95
+    multiplicity: Annotated[
+        Literal["holm", "bh", "none"],
+        Field(description="Correction across the figures one report tests"),
+    ] = "holm"
+    pool_variance: Annotated[
+        Literal["auto", "always", "never"],
+        Field(description="Pool the residual variance over a campaign's cells; auto: when a "
+              "cell has fewer than 5 pairs"),
+    ] = "auto"
 
 
 class TelemetrySettings(_Strict):
@@ -91,6 +190,7 @@ class CampaignSpec(_Strict):
     strategy: Annotated[list[StrategyItem], Field(min_length=1)] = ["isolated"]
     experiment: ExperimentSettings = ExperimentSettings()
     slo: dict[str, Slo] = {}
+    report: ReportSettings = ReportSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     sharing: SharingSettings = SharingSettings()
     gpu: GpuSettings = GpuSettings()
@@ -114,6 +214,11 @@ class CampaignSpec(_Strict):
             for key in getattr(self, section):
                 if key not in known:
                     raise ValueError(f"{section}.{key}: no tenant named {key!r} (tenants: {', '.join(names)})")
+        precision = self.experiment.precision
+        for key, figure in (precision.figures if precision else {}).items():
+            if key not in known:
+                raise ValueError(f"experiment.precision.figures.{key}: no tenant named {key!r}")
+            _check_figure(f"experiment.precision.figures.{key}", figure)
         for key in self.sharing.mps_active_thread_percentage:
             if key not in known:
                 raise ValueError(f"sharing.mps_active_thread_percentage.{key}: no such tenant")
@@ -144,6 +249,15 @@ class CampaignSpec(_Strict):
     @property
     def tenant_names(self) -> list[str]:
         return [t.name for t in self.tenants]
+
+
+def _check_figure(where: str, figure: str) -> None:
+    from reports.metrics import metric_columns
+
+    known = metric_columns()
+    if figure not in known:
+        raise ValueError(f"{where}: {figure!r} is not a figure of the experiment table "
+                         f"(e.g. tpot_p50_s, ttft_p50_s, e2e_p50_s)")
 
 
 def _loc(loc: tuple[Any, ...], data: Any) -> str:

@@ -60,6 +60,9 @@ class CampaignEnvelope(StrictModel):
     ended_at: str | None
     status: Status
     wall_s: float | None = None  # written at the end
+    order_seed: int | None = None  # the order seed (drawn fresh unless the spec or --seed fixed it)
+    restarts: int | None = None  # server lifetimes per resident set, as resolved
+    precision: dict[str, Any] | None = None  # {target, reached, widest, repetitions}
 
 
 class ManifestEnvelope(StrictModel):
@@ -93,6 +96,11 @@ class ManifestEnvelope(StrictModel):
     replay: dict[str, Any] | None = None  # dispatch lag, sent, ok, errors, ...
     counts: dict[str, int] | None = None  # requests recorded per tenant
     log_tail: dict[str, str] | None = None  # {tenant: last lines of its log} for a failure
+    block: int | None = None  # the block (= the repetition) it belongs to
+    order_seed: int | None = None  # the campaign's order seed
+    server_lifetime: int | None = None  # which start of the resident set it ran on
+    warmup: dict[str, dict[str, Any]] | None = None  # {tenant: that start's warm-up}
+    idle_gate: dict[str, Any] | None = None  # {waited_s, idle, busy, gpu_util_pct}
 
 
 ENVELOPES: dict[str, type[StrictModel]] = {

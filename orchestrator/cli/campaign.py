@@ -77,7 +77,7 @@ def plan(spec: Path, gpu_memory: float | None, targets: str | None,
     from orchestrator.device import make_memory_plan
     from orchestrator.spec import load_spec
 
-    s, _ = load_spec(spec, check_files=False)
+    s, base = load_spec(spec, check_files=False)
     if targets is not None or profiles is not None:
         _placement(s, targets, profiles)
         return
@@ -89,6 +89,22 @@ def plan(spec: Path, gpu_memory: float | None, targets: str | None,
     c.print(_table(f"memory plan: {mem.total_bytes / 2**30:.1f} GiB, {mem.backend}, {where}", mem.rows()))
     c.print(f"reserve {mem.reserve_bytes / 2**30:.2f} GiB, left free {mem.free_bytes / 2**30:.2f} GiB; "
             f"start order: {' → '.join(mem.start_order)}")
+    _print_batch_limits(c, s, base)
+
+
+def _print_batch_limits(c: Console, s: Any, base: Path) -> None:
+    """Per decoder tenant and rate scale, the latency budget of its batch limit; a warning
+    where it is below what the SLO allows (the rate would measure the limit, not the GPU)."""
+    from orchestrator.campaign import batch_limit_notes
+
+    try:
+        notes = batch_limit_notes(s, base)
+    except Exception as e:  # a trace file that is not there: say so, the plan stands
+        c.print(f"batch limits: not computed ({type(e).__name__}: {e})")
+        return
+    for n in notes:
+        c.print(f"[yellow]warning:[/] {n.text()}" if n.warn else f"batch limit: {n.text()}",
+                highlight=False)
 
 
 def _placement(s: Any, targets: str | None, profiles: Path | None) -> None:
@@ -231,26 +247,30 @@ def _serve(residents: Any, sup: Any, poll_s: float = 1.0) -> None:
 @click.option("--rate-scales", default=None, metavar="LIST",
               help="Override experiment.rate_scales, e.g. 2 or 1,2,4; runs as campaign "
               "NAME-x2 (NAME-x1-x2-x4, ...).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Order seed (overrides experiment.seed); default: the spec's, else a fresh "
+              "one per campaign. Recorded in campaign.json; --resume reuses it.")
 def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool,
         no_report: bool, executor: str, gpus: str | None, address: str | None,
-        retries: int, sharing: str | None, rate_scales: str | None) -> None:
+        retries: int, sharing: str | None, rate_scales: str | None, seed: int | None) -> None:
     """Run the campaign in SPEC and write runs/<name>/ (then its report).
 
-    Experiments that share a resident set reuse its servers; repetitions interleave; a
-    crashed tenant fails its experiment, not the campaign; Ctrl-C stops every server and
-    keeps what was written (finish later with --resume).
+    Experiments that share a resident set reuse its servers, warmed up after every start;
+    repetitions come in blocks (every set once, in an order drawn from the order seed); each
+    experiment waits for idle servers; a crashed tenant fails its experiment, not the
+    campaign; Ctrl-C stops every server and keeps what was written (finish later with
+    --resume).
 
     \b
     Examples:
       cotenant run examples/cpu-demo.yaml --dry-run
       cotenant run examples/cpu-demo.yaml
       cotenant run examples/cpu-demo.yaml --resume
+      cotenant run examples/cpu-demo.yaml --seed 7 --overwrite
       cotenant run examples/h100-pairing.yaml --gpus 0,1,2,3
       cotenant run examples/h100-pairing.yaml --executor ray --address auto --retries 1
       cotenant run examples/h100-pairing.yaml --rate-scales 2 --sharing mps
     """
-    from orchestrator.campaign import plan_campaign
-    from orchestrator.device import make_memory_plan
     from orchestrator.executors.factory import make_executor, parse_gpus
     from orchestrator.runner import run_campaign
     from orchestrator.spec import load_spec
@@ -259,20 +279,11 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
     s = override_spec(s, spec, sharing=sharing, rate_scales=rate_scales)
     gpu_list = parse_gpus(gpus)
     if dry_run:
-        p = plan_campaign(s)
-        mem, gpu = make_memory_plan(s)
-        c = Console()
-        c.print(_table("memory plan", mem.rows()))
-        rows = [{"#": str(i + 1), "experiment": e.id, "resident": "+".join(e.resident),
-                 "active": "+".join(e.active), "rate x": f"{e.rate_scale:g}", "rep": str(e.repetition)}
-                for i, e in enumerate(p.experiments)]
-        c.print(_table(f"{len(rows)} experiments in {len(p.groups)} resident set(s)", rows))
-        c.print(f"expected duration ≈ {p.expected_seconds() / 60:.1f} min "
-                f"(measurement windows {len(rows) * s.experiment.duration_s / 60:.1f} min)")
+        _dry_run(s, seed)
         return
     ex = make_executor(executor, gpus=gpu_list, address=address, retries=retries)
     res = run_campaign(s, base, out_root, ex, resume=resume, overwrite=overwrite,
-                       report=not no_report)
+                       report=not no_report, seed=seed)
     c = Console()
     done = sum(o.status == "completed" for o in res.outcomes)
     overhead = f", overhead x{res.wall_s / res.window_s:.2f}" if res.window_s else ""
@@ -282,6 +293,33 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
     if res.report is not None:
         for label, path in _report_paths(res.report):
             c.print(f"{label}: {path}")
+
+
+def _dry_run(s: Any, seed: int | None) -> None:
+    """The plan a run would follow: memory, experiments in order, blocks, lifetimes, time."""
+    from orchestrator.campaign import plan_campaign, resolve_order_seed, resolve_restarts
+    from orchestrator.device import make_memory_plan
+
+    mem, gpu = make_memory_plan(s)
+    order_seed = resolve_order_seed(s, seed)
+    p = plan_campaign(s, order_seed, restarts=resolve_restarts(s, mem.backend == "cuda"))
+    c = Console()
+    c.print(_table("memory plan", mem.rows()))
+    rows = [{"#": str(i + 1), "experiment": e.id, "resident": "+".join(e.resident),
+             "active": "+".join(e.active), "rate x": f"{e.rate_scale:g}",
+             "block": str(e.repetition), "lifetime": str(e.chunk)}
+            for i, e in enumerate(p.experiments)]
+    c.print(_table(f"{len(rows)} experiments in {len(p.groups)} resident set(s)", rows))
+    fixed = "fixed" if seed is not None or s.experiment.seed is not None else \
+        "drawn for this dry run; a run draws its own"
+    c.print(f"order seed {order_seed} ({fixed}); {p.blocks} blocks, {p.restarts} server "
+            f"lifetime(s) per resident set")
+    goal = s.experiment.precision
+    if goal is not None:
+        c.print(f"then blocks are added until every co-located tenant's primary figure has a "
+                f"log half-width ≤ {goal.half_width:g}, up to {goal.max_repetitions} repetitions")
+    c.print(f"expected duration ≈ {p.expected_seconds() / 60:.1f} min "
+            f"(measurement windows {len(rows) * s.experiment.duration_s / 60:.1f} min)")
 
 
 def override_spec(s: Any, source: Path, *, sharing: str | None = None,

@@ -55,7 +55,8 @@ def write_spec(tmp: Path, name: str, tenants: list[dict], **extra) -> Path:
         "tenants": tenants,
         "workloads": {n: LOAD[n] for n in names},
         "strategy": ["isolated", "pairs"] if len(names) > 1 else ["isolated"],
-        "experiment": {"warmup_s": 1, "duration_s": 3, "drain_s": 5, "repetitions": 1, "seed": 0},
+        # no seed: a fresh order seed per campaign, recorded in campaign.json
+        "experiment": {"warmup_s": 1, "duration_s": 3, "drain_s": 5, "repetitions": 1},
         "telemetry": {"interval_s": 0.1, "process_interval_s": 0.3, "scrape_interval_s": 0.5},
         "slo": {"llama": {"ttft_ms": 2000}} if "llama" in names else {},
     }
@@ -151,9 +152,51 @@ def test_small_campaign_files_follow_the_schema(small_run: Path):
         assert "vllm:num_requests_running" in set(sm["metric"])
     campaign = json.loads((small_run / "campaign.json").read_text())
     assert campaign["status"] == "completed" and campaign["plan"]["start_order"][0] == "enc"
+    assert isinstance(campaign["order_seed"], int) and campaign["restarts"] == 1
     # everything loads in one line of Polars
     assert pl.read_parquet(str(small_run / "*" / "requests.parquet")).height > 0
     assert not survivors(tenant_pids(small_run))
+
+
+def test_every_experiment_starts_idle_after_a_settled_warm_up(small_run: Path):
+    campaign = json.loads((small_run / "campaign.json").read_text())
+    for eid, m in manifests(small_run).items():
+        assert m["block"] == m["repetition"] == 0 and m["order_seed"] == campaign["order_seed"]
+        assert m["server_lifetime"] == 0
+        gate = m["idle_gate"]
+        assert gate["idle"] is True and gate["busy"] == {} and gate["gpu_util_pct"] is None, eid
+        assert gate["waited_s"] < 10
+        assert set(m["warmup"]) == {"llama", "enc"}
+        for tenant, w in m["warmup"].items():
+            assert w["settled"] is True, (eid, tenant, w)
+            assert w["rounds"] >= 2 and len(w["p50_s"]) == w["rounds"] and w["errors"] == 0
+    # the warm-up requests are kept as evidence, one file per tenant and server start
+    for tenant, n in (("llama", 8), ("enc", 3)):  # a burst of max_num_seqs; the length buckets
+        rows = [json.loads(x) for x in (small_run / "logs" / "g0" / f"warmup.{tenant}.0.jsonl")
+                .read_text().splitlines()]
+        w = manifests(small_run)["llama__all__x1__r0"]["warmup"][tenant]
+        assert len(rows) == w["requests"] == n * w["rounds"]
+        assert all(r["status"] == "ok" for r in rows)
+    llama = [json.loads(x) for x in (small_run / "logs" / "g0" / "warmup.llama.0.jsonl")
+             .read_text().splitlines()]
+    assert {(r["input_tokens"], r["expected_output_tokens"]) for r in llama} == {(64, 8)}
+
+
+def test_restarts_split_the_blocks_over_server_lifetimes(tmp_path):
+    spec = write_spec(tmp_path, "lifetimes", [ENC],
+                      experiment={"repetitions": 2, "restarts": 2, "duration_s": 2})
+    out = finish(cotenant("run", str(spec), "--out", str(tmp_path / "runs"), "--no-report"))
+    run_dir = tmp_path / "runs" / "lifetimes"
+    ms = manifests(run_dir)
+    assert {m["status"] for m in ms.values()} == {"completed"}, out
+    assert {eid: m["server_lifetime"] for eid, m in ms.items()} == {
+        "enc__all__x1__r0": 0, "enc__all__x1__r1": 1}
+    assert ms["enc__all__x1__r0"]["tenants"]["enc"]["pid"] != ms["enc__all__x1__r1"]["tenants"]["enc"]["pid"]
+    for n in (0, 1):
+        assert (run_dir / "logs" / "g0" / f"enc.{n}.log").is_file()
+        assert (run_dir / "logs" / "g0" / f"warmup.enc.{n}.jsonl").is_file()
+        assert ms[f"enc__all__x1__r{n}"]["warmup"]["enc"]["settled"] is True
+    assert json.loads((run_dir / "campaign.json").read_text())["restarts"] == 2
 
 
 def test_small_campaign_has_a_report(small_run: Path):
@@ -210,9 +253,13 @@ def test_runner_sigkill_then_resume_keeps_completed_files(tmp_path):
         if m["status"] == "completed"
     }
     assert 1 <= len(done) < 3
+    seed = json.loads((run_dir / "campaign.json").read_text())["order_seed"]
     out = finish(cotenant("run", str(spec), "--out", str(tmp_path / "runs"), "--resume"))
     ms = manifests(run_dir)
     assert len(ms) == 3 and all(m["status"] == "completed" for m in ms.values()), out
+    # the resumed run is the same plan: the recorded order seed, not a fresh one
+    assert json.loads((run_dir / "campaign.json").read_text())["order_seed"] == seed
+    assert {m["order_seed"] for m in ms.values()} == {seed}
     for eid, blob in done.items():
         assert (run_dir / eid / "requests.parquet").read_bytes() == blob  # byte for byte
     assert f"{len(done)} of 3 experiments already completed" in out

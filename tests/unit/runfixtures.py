@@ -132,6 +132,9 @@ def spec_dict(rs: RunSpec) -> dict[str, Any]:
             "duration_s": rs.duration_s,
             "drain_s": rs.drain_s,
             "repetitions": rs.repetitions,
+            # a fixed order seed, as a recorded campaign has one (the spec's default is a
+            # fresh seed per campaign): fixture runs of one RunSpec replay the same arrivals
+            "seed": 0,
             "rate_scales": list(rs.rate_scales),
         },
         "slo": {k: dict(v) for k, v in rs.slo.items() if k in {t.name for t in rs.tenants}},

@@ -129,3 +129,46 @@ def test_command_line_overrides_rename_and_validate(tmp_path: Path) -> None:
         override_spec(s, Path("x.yaml"), rate_scales="two")
     with pytest.raises(SpecError, match=r"(?s)x.yaml with --rate-scales -1.*rate_scales"):
         override_spec(s, Path("x.yaml"), rate_scales="-1")
+
+
+def test_the_round_two_sections_and_their_defaults() -> None:
+    s = parse_spec(BASE)
+    x = s.experiment
+    assert x.seed is None and x.restarts is None and x.precision is None
+    assert (x.warmup.enabled, x.warmup.tolerance, x.warmup.deadline_s, x.warmup.max_rounds) == (
+        True, 0.15, 120.0, 10)
+    assert (x.idle.deadline_s, x.idle.gpu_util_pct) == (30.0, 10.0)
+    r = s.report
+    assert (r.margin, r.level, r.multiplicity, r.pool_variance) == (0.10, 0.95, "holm", "auto")
+    full = parse_spec({**BASE, "slo": {"a": {"tpot_ms": 50}},
+                       "experiment": {"repetitions": 4, "seed": 3, "restarts": 2,
+                                      "precision": {"half_width": 0.1, "max_repetitions": 12,
+                                                    "figures": {"e": "e2e_p99_s"}}},
+                       "report": {"multiplicity": "bh", "pool_variance": "never"}})
+    assert full.slo["a"].attainment == 0.90
+    assert full.experiment.precision is not None
+    assert full.experiment.precision.figures == {"e": "e2e_p99_s"}
+    assert full.report.multiplicity == "bh"
+
+
+@pytest.mark.parametrize(("patch", "where"), [
+    ({"slo": {"a": {"attainment": 0}}}, r"slo\.a\.attainment"),
+    ({"slo": {"a": {"attainment": 1.2}}}, r"slo\.a\.attainment"),
+    ({"report": {"multiplicity": "bonferroni"}}, r"report\.multiplicity"),
+    ({"report": {"margin": -0.1}}, r"report\.margin"),
+    ({"experiment": {"seed": -1}}, r"experiment\.seed"),
+    ({"experiment": {"warmup": {"tolerance": 0}}}, r"experiment\.warmup\.tolerance"),
+    ({"experiment": {"warmup": {"max_rounds": 1}}}, r"experiment\.warmup\.max_rounds"),
+    ({"experiment": {"idle": {"gpu_util_pct": 0}}}, r"experiment\.idle\.gpu_util_pct"),
+    ({"experiment": {"idle": {"deadline": 3}}}, r"experiment\.idle\.deadline.*unknown key"),
+    ({"experiment": {"repetitions": 2, "restarts": 3}}, r"restarts \(3\) exceeds repetitions"),
+    ({"experiment": {"repetitions": 5, "precision": {"max_repetitions": 4}}},
+     r"max_repetitions \(4\) is below repetitions \(5\)"),
+    ({"experiment": {"precision": {"figures": {"zz": "tpot_p50_s"}}}},
+     r"precision\.figures\.zz: no tenant named 'zz'"),
+    ({"experiment": {"precision": {"figures": {"a": "tpot_p51_s"}}}},
+     r"precision\.figures\.a: 'tpot_p51_s' is not a figure"),
+])
+def test_the_round_two_sections_are_strict(patch: dict, where: str) -> None:
+    with pytest.raises(SpecError, match=where):
+        parse_spec({**BASE, **patch})
