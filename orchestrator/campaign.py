@@ -43,9 +43,24 @@ class Experiment:
     order_seed: int | None = None
     # the planned server lifetime: the group restarts its servers when this changes
     chunk: int = 0
+    # a capacity probe (orchestrator.capacity): each active tenant's offered req/s, which
+    # replaces rate_scale x its workload's rate, and the manifest's ``probe`` record
+    rates: tuple[tuple[str, float], ...] | None = None
+    probe: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    window_s: float | None = None  # a probe's measurement window, where it is not the spec's
+
+    def duration_s(self, spec: CampaignSpec) -> float:
+        """The measurement window: the probe's own, else ``experiment.duration_s``."""
+        return spec.experiment.duration_s if self.window_s is None else self.window_s
 
     def tenant_seed(self, tenant: str) -> int:
         return _seed(self.seed, tenant)
+
+    def rate_of(self, tenant: str, base_rps: float) -> float:
+        """``tenant``'s offered req/s: the probe's rate, else ``rate_scale x base_rps``."""
+        if self.rates is not None:
+            return dict(self.rates)[tenant]
+        return self.rate_scale * base_rps
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +73,7 @@ class Experiment:
             "seed": self.seed,
             "prompt_seed": self.prompt_seed,
             "order_seed": self.order_seed,
+            **({"probe": self.probe} if self.probe is not None else {}),
         }
 
 
@@ -192,8 +208,10 @@ def _plan_groups(spec: CampaignSpec, order_seed: int, reps: range, *, chunks: in
 
 
 def planned_blocks(experiment_ids: list[str]) -> int:
-    """How many blocks a recorded campaign planned: one more than its largest repetition."""
-    reps = [r for e in experiment_ids if (r := ExperimentId.parse(e).repetition) is not None]
+    """How many blocks a recorded campaign planned: one more than its largest repetition
+    (capacity probes, whose repetition is an attempt, aside)."""
+    ids = [ExperimentId.parse(e) for e in experiment_ids]
+    reps = [x.repetition for x in ids if x.repetition is not None and not x.probe]
     return max(reps, default=-1) + 1
 
 

@@ -73,6 +73,19 @@ def default_api(kind: str) -> Api:
     return "embeddings" if kind == "encoder" else "completions"
 
 
+def tenant_scale(spec: CampaignSpec, base: Path, exp: Experiment, name: str) -> float:
+    """The multiplier of ``name``'s workload rate in ``exp``: its rate scale, or for a
+    capacity probe the probe's rate over the workload's own."""
+    if exp.rates is None:
+        return exp.rate_scale
+    from workloads.build import offered_rate
+
+    own = offered_rate(spec.workloads[name], 1.0, base_dir=base)
+    if own <= 0:
+        raise SetupFailed(f"workloads.{name}: offers no rate to scale to a probe's")
+    return exp.rate_of(name, own) / own
+
+
 def build_traces(spec: CampaignSpec, base: Path, exp: Experiment) -> dict[str, pl.DataFrame]:
     from workloads.build import build_trace
 
@@ -85,9 +98,9 @@ def build_traces(spec: CampaignSpec, base: Path, exp: Experiment) -> dict[str, p
             w,
             tenant=name,
             kind="embedding" if t.kind == "encoder" else "completion",
-            duration_s=x.warmup_s + x.duration_s,
+            duration_s=x.warmup_s + exp.duration_s(spec),
             seed=exp.tenant_seed(name),
-            rate_scale=exp.rate_scale,
+            rate_scale=tenant_scale(spec, base, exp, name),
             base_dir=base,
         )
     return out
@@ -141,7 +154,7 @@ def run_experiment(
         scraper.start()
     try:
         measure(spec, exp, residents, trace, targets, clock, exp_dir / "requests.jsonl",
-                manifest, progress)
+                manifest, progress, judge=hopeless_probe(spec, exp))
     except TenantDied as e:
         end.status, end.reason = "failed", str(e)
         end.log_tail = residents.log_tails(list(e.dead))
@@ -189,12 +202,14 @@ def prepare(spec: CampaignSpec, base: Path, exp: Experiment, residents: Resident
     try:
         traces = build_traces(spec, base, exp)
         offered = {
-            n: offered_rate(spec.workloads[n], exp.rate_scale, base_dir=base) for n in exp.active
+            n: offered_rate(spec.workloads[n], tenant_scale(spec, base, exp, n), base_dir=base)
+            for n in exp.active
         }
     except Exception as e:  # a trace file gone or broken: nothing sent, the servers are fine
         raise SetupFailed(f"cannot build the workload: {type(e).__name__}: {e}") from e
     trace = pl.concat(list(traces.values()), how="diagonal_relaxed").sort("arrival_s")
-    targets = [target_for(spec, residents, name) for name in exp.active]
+    targets = [target_for(spec, residents, name, judged=exp.probe is not None)
+               for name in exp.active]
     manifest.update(
         workloads={
             n: {
@@ -211,13 +226,20 @@ def prepare(spec: CampaignSpec, base: Path, exp: Experiment, residents: Resident
     return trace, targets
 
 
-def target_for(spec: CampaignSpec, residents: ResidentSet, name: str) -> Target:
-    """The replayer's target for running tenant ``name`` with its workload's API settings."""
-    from workloads.replayer import Target
+def target_for(spec: CampaignSpec, residents: ResidentSet, name: str,
+               judged: bool = False) -> Target:
+    """The replayer's target for running tenant ``name`` with its workload's API settings;
+    ``judged`` (a capacity probe): with its SLO bounds, so the replay counts certain misses."""
+    from workloads.replayer import SloBounds, Target
 
     t = spec.tenant(name)
     r = residents.running[name]
     w = spec.workloads[name]
+    slo = spec.slo.get(name)
+    bounds = None
+    if judged and slo is not None:
+        bounds = SloBounds(*(None if v is None else v / 1e3
+                             for v in (slo.ttft_ms, slo.tpot_ms, slo.e2e_ms)))
     return Target(
         tenant=name,
         base_url=r.base_url,
@@ -227,7 +249,32 @@ def target_for(spec: CampaignSpec, residents: ResidentSet, name: str) -> Target:
         api_key=r.api_key,
         timeout_s=w.timeout_s,
         prefix=w.prefix,
+        slo=bounds,
     )
+
+
+def hopeless_probe(spec: CampaignSpec, exp: Experiment) -> Callable[[Any], str | None] | None:
+    """For a capacity probe (with ``capacity.early_stop``): a judge of the replay's progress
+    snapshots that says why the probe can no longer pass (a tenant's certain misses exceed
+    what its attainment target allows of its window's requests), else None. The probe then
+    stops at once: what was not sent is dropped, which counts as missed, so the attainment
+    the rows give is below the target too."""
+    if exp.probe is None or not spec.capacity.early_stop:
+        return None
+    targets = {n: s.attainment for n, s in spec.slo.items() if n in exp.active}
+
+    def judge(snap: Any) -> str | None:
+        for t in snap.tenants:
+            target = targets.get(t.tenant)
+            if target is None or t.window <= 0:
+                continue
+            if t.missed > (1.0 - target) * t.window:
+                best = (t.window - t.missed) / t.window
+                return (f"{t.tenant}: {t.missed} of its {t.window} window requests already "
+                        f"missed the SLO, so its attainment is at most {best:.3f} < {target:g}")
+        return None
+
+    return judge
 
 
 # ---- the idle gate ----------------------------------------------------------------------------
@@ -385,18 +432,50 @@ def _instruments(spec: CampaignSpec, exp: Experiment, residents: ResidentSet,
     return sampler, scraper
 
 
+class _Judged:
+    """The replay's progress, passed on, and judged: the first snapshot the judge finds
+    hopeless stops the replay (``stop``) and keeps the judge's reason."""
+
+    def __init__(self, inner: Any, judge: Callable[[Any], str | None], stop: asyncio.Event
+                 ) -> None:
+        self.inner, self.judge, self.stop_event = inner, judge, stop
+        self.reason: str | None = None
+
+    def start(self, total: int) -> None:
+        if self.inner is not None:
+            self.inner.start(total)
+
+    def update(self, snap: Any) -> None:
+        if self.inner is not None:
+            self.inner.update(snap)
+        if self.reason is None and not self.stop_event.is_set():
+            self.reason = self.judge(snap)
+            if self.reason is not None:
+                self.stop_event.set()
+
+    def stop(self) -> None:
+        if self.inner is not None:
+            self.inner.stop()
+
+
 def measure(spec: CampaignSpec, exp: Experiment, residents: ResidentSet, trace: pl.DataFrame,
             targets: list[Target], clock: Any, jsonl: Path, manifest: Any,
-            progress: Any = None) -> None:
+            progress: Any = None, judge: Callable[[Any], str | None] | None = None) -> None:
     """Replay the trace (warm-up, window, drain) while watching the tenants, appending rows to
-    ``jsonl``; the manifest gets the replay's summary. Raises TenantDied for a tenant that
-    died meanwhile, TenantHung for one that no longer answers (its requests timed out)."""
+    ``jsonl``; the manifest gets the replay's summary (and ``early_stop``: why ``judge``
+    stopped it, or null). Raises TenantDied for a tenant that died meanwhile, TenantHung for
+    one that no longer answers (its requests timed out)."""
     from workloads.replayer import replay, run_loop
 
     x = spec.experiment
+    judged: _Judged | None = None
 
     async def _run() -> Any:
+        nonlocal judged, progress
         stop = asyncio.Event()
+        if judge is not None:
+            judged = _Judged(progress, judge, stop)
+            progress = judged
         watch = asyncio.create_task(_watch(residents, stop))
         try:
             summary = await replay(
@@ -406,7 +485,7 @@ def measure(spec: CampaignSpec, exp: Experiment, residents: ResidentSet, trace: 
                 experiment_id=exp.id,
                 out_jsonl=jsonl,
                 warmup_s=x.warmup_s,
-                window_s=x.duration_s,
+                window_s=exp.duration_s(spec),
                 drain_s=x.drain_s,
                 prompt_seed=exp.prompt_seed,
                 max_concurrency={
@@ -434,6 +513,8 @@ def measure(spec: CampaignSpec, exp: Experiment, residents: ResidentSet, trace: 
         "sent": summary.sent, "ok": summary.ok, "errors": summary.errors,
         "timeouts": summary.timeouts, "dropped": summary.dropped,
     })
+    if judge is not None:
+        manifest.update(early_stop=judged.reason if judged is not None else None)
     # a tenant that hung: its requests timed out (rows with status timeout); restart it
     _check(residents)
 

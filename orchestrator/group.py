@@ -77,7 +77,7 @@ def run_group(
         on_done(out)
 
     tenants = [spec.tenant(n) for n in pending[0].resident]
-    with _sharing(spec, run_dir, ctx.label) as env_for:
+    with sharing(spec, run_dir, ctx.label) as env_for:
         residents = ResidentSet(tenants, ctx.mem, run_dir / "logs" / ctx.label, run_dir / ".cache",
                                 env_for=env_for, on_event=log)
         try:
@@ -86,7 +86,7 @@ def run_group(
             except Exception as e:  # ServerError quotes the log; anything else: its type too
                 why = str(e) if isinstance(e, ServerError) else f"{type(e).__name__}: {e}"
                 for exp in pending:
-                    done(_fail_unstarted(ctx, exp, f"resident set did not start: {why}"))
+                    done(fail_unstarted(ctx, exp, f"resident set did not start: {why}"))
                 return outcomes
             _run_pending(ctx, pending, residents, server, log, done, progress)
         finally:
@@ -146,10 +146,10 @@ def _run_pending(ctx: GroupContext, pending: list[Experiment], residents: Reside
             except ServerError as e:
                 log(f"[red]restart failed:[/] {e}")
                 for other in pending[i:]:
-                    done(_fail_unstarted(ctx, other, f"resident set could not be restarted: {e}"))
+                    done(fail_unstarted(ctx, other, f"resident set could not be restarted: {e}"))
                 return
             restart_why = None
-        out = _one(ctx, exp, residents, progress, server)
+        out = run_one(ctx, exp, residents, progress, server)
         done(out)
         if out.fatal:  # e.g. a full disk: every experiment after would fail too
             raise CampaignError(
@@ -171,7 +171,7 @@ def manifest_for(ctx: GroupContext, exp: Experiment, server: ServerStart | None 
             **exp.to_dict(),
             "campaign": spec.name,
             "warmup_s": x.warmup_s,
-            "duration_s": x.duration_s,
+            "duration_s": exp.duration_s(spec),
             "drain_s": x.drain_s,
             "slo": {n: s.model_dump(mode="json") for n, s in spec.slo.items()},
             "sharing": spec.sharing.mode,
@@ -199,7 +199,7 @@ class _Feed:
         self.feed(self.label, self.eid, None)
 
 
-def _one(ctx: GroupContext, exp: Experiment, residents: ResidentSet,
+def run_one(ctx: GroupContext, exp: Experiment, residents: ResidentSet,
          progress: Any = None, server: ServerStart | None = None) -> ExperimentOutcome:
     m = manifest_for(ctx, exp, server)
     feed = _Feed(progress, ctx.label, exp.id) if progress else None
@@ -239,7 +239,7 @@ def _mark_interrupted(m: Manifest) -> None:
         m.finish("interrupted", "interrupted by the user (SIGINT/SIGTERM)")
 
 
-def _fail_unstarted(ctx: GroupContext, exp: Experiment, reason: str) -> ExperimentOutcome:
+def fail_unstarted(ctx: GroupContext, exp: Experiment, reason: str) -> ExperimentOutcome:
     m = manifest_for(ctx, exp)
     m.start()
     m.finish("failed", reason)  # the reason quotes the failing tenant's log
@@ -247,7 +247,7 @@ def _fail_unstarted(ctx: GroupContext, exp: Experiment, reason: str) -> Experime
 
 
 @contextlib.contextmanager
-def _sharing(spec: CampaignSpec, run_dir: Path, label: str = "") -> Iterator[Any]:
+def sharing(spec: CampaignSpec, run_dir: Path, label: str = "") -> Iterator[Any]:
     """time-slice: nothing to do. mps: an MPS daemon for the resident set's lifetime."""
     if spec.sharing.mode != "mps":
         yield lambda name: {}

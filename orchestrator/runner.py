@@ -221,6 +221,8 @@ class _Loop:
             self.round(todo)
             if self.spec.experiment.precision is not None:
                 self.precision()
+            if "capacity" in self.spec.strategy:
+                self.capacity()
 
     def round(self, todo: list[list[Any]]) -> int:
         """Run each group's ``todo`` (one list a plan group); returns how many completed."""
@@ -271,6 +273,34 @@ class _Loop:
                                        self.plan.blocks)
                 self.campaign_data["precision"] = rec
                 return
+
+
+    def capacity(self) -> None:
+        """The capacity searches (``orchestrator.capacity``), after the planned experiments:
+        every probe listed in campaign.json as it starts, the bracket on the display."""
+        from orchestrator.capacity.run import CapacityRun
+
+        listed = self.campaign_data["experiments"]
+        probes = self.progress.add_task("capacity probes", total=None)
+
+        def on_probe(eid: str) -> None:
+            if eid not in listed:
+                listed.append(eid)
+                write_campaign(self.run_dir, self.campaign_data)
+
+        def on_done(out: ExperimentOutcome) -> None:
+            self.result.outcomes.append(out)
+            if out.status == "completed":
+                x = self.spec.experiment
+                self.result.window_s += x.warmup_s + out.experiment.duration_s(self.spec)
+            self.progress.advance(probes)
+            _say(self.progress.console, out)
+
+        run = CapacityRun(self.ctx, self.plan.order_seed, log=self.progress.console.log,
+                          on_probe=on_probe, on_done=on_done, display=self.progress,
+                          progress=self.progress.feed)
+        run.run()
+        self.progress.goal = None
 
 
 def precision_record(widths: list[Any], target: float, blocks: int) -> dict[str, Any]:

@@ -27,7 +27,69 @@ class ExplicitSet(_Strict):
     active: Annotated[list[str] | None, Field(min_length=1)] = None
 
 
-StrategyItem = Literal["isolated", "pairs", "all"] | ExplicitSet
+StrategyItem = Literal["isolated", "pairs", "all", "capacity"] | ExplicitSet
+
+Rates = dict[str, Annotated[float, Field(gt=0)]]
+
+
+class CapacitySettings(_Strict):
+    """The capacity search (``strategy: [capacity]``, ``orchestrator.capacity``): each
+    tenant's highest offered rate alone at which its SLO attainment meets the target, then
+    each set's highest scale along a mix at which every tenant does."""
+
+    tenants: Annotated[
+        list[str] | None,
+        Field(description="Searched alone; null: every tenant with a workload and an SLO"),
+    ] = None
+    sets: Annotated[
+        list[Annotated[list[str], Field(min_length=2)]],
+        Field(description="Co-located sets searched along every mix (each of its tenants is "
+              "searched alone first)"),
+    ] = []
+    rays: Annotated[
+        int, Field(ge=1, le=9, description="Mixes per set, evenly spread in angle in the space "
+                   "of r_i / C_i (pairs only); 1: every tenant at the same fraction of its solo "
+                   "capacity")
+    ] = 1
+    mixes: Annotated[
+        list[Rates],
+        Field(description="Explicit mixes after the rays: relative req/s per tenant, e.g. "
+              "{a: 1, b: 1} for the same rate"),
+    ] = []
+    tolerance: Annotated[
+        float, Field(gt=0, lt=1, description="Stop when the bracket's hi / lo - 1 is at most this")
+    ] = 0.05
+    step: Annotated[float, Field(gt=1, le=16, description="Bracketing factor")] = 2.0
+    level: Annotated[
+        float, Field(gt=0.5, lt=1, description="Level of each probe's binomial (Clopper-Pearson) "
+                     "interval of attainment")
+    ] = 0.95
+    max_attempts: Annotated[
+        int, Field(ge=1, le=20, description="A probe whose interval straddles the target is "
+                   "repeated up to this many attempts; then its point estimate decides")
+    ] = 3
+    max_probes: Annotated[int, Field(ge=2, le=200, description="Probes per search at most")] = 16
+    start_rps: Annotated[
+        Rates, Field(description="First probe per tenant; default: its workload's rate")
+    ] = {}
+    min_rps: Annotated[
+        Rates, Field(description="Below this a tenant's capacity is 0; default: start / 16")
+    ] = {}
+    max_rps: Annotated[
+        Rates, Field(description="Above this a capacity is only bounded (at least); default: "
+                     "start x 64")
+    ] = {}
+    early_stop: Annotated[
+        bool, Field(description="End a probe once its misses make the target unreachable")
+    ] = True
+    min_requests: Annotated[
+        int, Field(ge=1, description="A probe's window is lengthened until every tenant expects "
+                   "this many requests in it (at most max_window_s)")
+    ] = 40
+    max_window_s: Annotated[
+        float | None, Field(gt=0, description="The longest probe window; null: 8 x "
+                            "experiment.duration_s")
+    ] = None
 
 
 class WarmupSettings(_Strict):
@@ -194,6 +256,7 @@ class CampaignSpec(_Strict):
     telemetry: TelemetrySettings = TelemetrySettings()
     sharing: SharingSettings = SharingSettings()
     gpu: GpuSettings = GpuSettings()
+    capacity: CapacitySettings = CapacitySettings()
 
     @model_validator(mode="after")
     def _names(self) -> CampaignSpec:
@@ -222,6 +285,7 @@ class CampaignSpec(_Strict):
         for key in self.sharing.mps_active_thread_percentage:
             if key not in known:
                 raise ValueError(f"sharing.mps_active_thread_percentage.{key}: no such tenant")
+        _check_capacity(self.capacity, known, self)
         for i, item in enumerate(self.strategy):
             if isinstance(item, ExplicitSet):
                 for field in ("resident", "active"):
@@ -249,6 +313,58 @@ class CampaignSpec(_Strict):
     @property
     def tenant_names(self) -> list[str]:
         return [t.name for t in self.tenants]
+
+
+def _check_capacity(c: CapacitySettings, known: set[str], spec: CampaignSpec) -> None:
+    """Every name in ``capacity`` is a tenant; a searched tenant has a workload and an SLO
+    (the search needs both); a set is listed once."""
+    for t in c.tenants or []:
+        if t not in known:
+            raise ValueError(f"capacity.tenants: no tenant named {t!r}")
+    for i, members in enumerate(c.sets):
+        for t in members:
+            if t not in known:
+                raise ValueError(f"capacity.sets.{i}: no tenant named {t!r}")
+        if len(set(members)) != len(members):
+            raise ValueError(f"capacity.sets.{i}: a tenant is listed twice: {members}")
+    for field in ("start_rps", "min_rps", "max_rps"):
+        for t in getattr(c, field):
+            if t not in known:
+                raise ValueError(f"capacity.{field}.{t}: no tenant named {t!r}")
+    for i, mix in enumerate(c.mixes):
+        for t in mix:
+            if t not in known:
+                raise ValueError(f"capacity.mixes.{i}.{t}: no tenant named {t!r}")
+    if "capacity" not in spec.strategy:
+        return
+    searched = set(c.tenants or []) | {t for m in c.sets for t in m}
+    for t in sorted(searched, key=spec.tenant_names.index):
+        if t not in spec.workloads:
+            raise ValueError(f"capacity: tenant {t!r} has no workload (workloads.{t}) to scale")
+        slo = spec.slo.get(t)
+        if slo is None or (slo.ttft_ms, slo.tpot_ms, slo.e2e_ms) == (None, None, None):
+            raise ValueError(f"capacity: tenant {t!r} has no SLO bound (slo.{t}: ttft_ms, "
+                             "tpot_ms or e2e_ms) to judge its probes by")
+    for i, mix in enumerate(c.mixes):
+        for members in c.sets:
+            missing = [t for t in members if t not in mix]
+            if missing:
+                raise ValueError(f"capacity.mixes.{i}: gives no rate for {', '.join(missing)} "
+                                 f"of the set {'+'.join(members)}")
+
+
+def searched_alone(spec: CampaignSpec) -> list[str]:
+    """The tenants a capacity search measures alone: ``capacity.tenants`` (default: every
+    tenant with a workload and an SLO bound), and every member of a searched set."""
+    c = spec.capacity
+    if c.tenants is not None:
+        names = set(c.tenants)
+    else:
+        names = {t for t in spec.workloads
+                 if (s := spec.slo.get(t)) is not None
+                 and (s.ttft_ms, s.tpot_ms, s.e2e_ms) != (None, None, None)}
+    names |= {t for m in c.sets for t in m}
+    return [t for t in spec.tenant_names if t in names]
 
 
 def _check_figure(where: str, figure: str) -> None:
@@ -373,4 +489,5 @@ def expand_sets(spec: CampaignSpec) -> list[tuple[tuple[str, ...], tuple[str, ..
             add(everyone, everyone)
         elif isinstance(item, ExplicitSet):
             add(tuple(item.resident), tuple(item.active or item.resident))
+        # "capacity": its probes are planned as they go (orchestrator.capacity)
     return out

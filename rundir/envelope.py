@@ -101,6 +101,9 @@ class ManifestEnvelope(StrictModel):
     server_lifetime: int | None = None  # which start of the resident set it ran on
     warmup: dict[str, dict[str, Any]] | None = None  # {tenant: that start's warm-up}
     idle_gate: dict[str, Any] | None = None  # {waited_s, idle, busy, gpu_util_pct}
+    # a capacity probe: {search, kind, mix_index, scale, rates, attempt, index}
+    probe: dict[str, Any] | None = None
+    early_stop: str | None = None  # a probe stopped early: why its target was out of reach
 
 
 ENVELOPES: dict[str, type[StrictModel]] = {

@@ -5,6 +5,11 @@
 campaign is resident, else the resident names joined by '+'. Ids are stable across runs of
 the same spec, which is what ``--resume`` relies on. The id without its repetition is the
 group id: experiments that differ only by repetition share it.
+
+A capacity probe (``orchestrator.capacity``) writes its scale as ``cap<k>x<scale>``: ``k``
+the search's mix (0 for a tenant alone), ``scale`` the multiplier of the workload's rate
+(alone) or the mix's scale (a set), and the repetition is the probe's attempt, e.g.
+``llama-a__all__cap0x2.5__r0``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, replace
 from rundir.errors import RunDirError
 
 ALL = "all"  # the resident label of an experiment where every tenant is resident
-_SCALE = re.compile(r"^x(?P<v>[0-9][0-9.e+-]*|inf)$")
+_SCALE = re.compile(r"^(?:cap(?P<ray>\d+))?x(?P<v>[0-9][0-9.e+-]*|inf)$")
 _REP = re.compile(r"^r(?P<v>\d+)$")
 
 
@@ -32,21 +37,28 @@ class ExperimentId:
     resident: tuple[str, ...] | None  # None: every tenant of the campaign (label ``all``)
     rate_scale: float
     repetition: int | None = None
+    ray: int | None = None  # a capacity probe: its search's mix (None: not a probe)
 
     @classmethod
     def of(cls, active: Iterable[str], resident: Iterable[str], tenants: Iterable[str],
-           rate_scale: float, repetition: int | None) -> ExperimentId:
+           rate_scale: float, repetition: int | None, ray: int | None = None) -> ExperimentId:
         """The id of ``active`` among ``resident``, in a campaign of ``tenants``."""
         res = tuple(resident)
         return cls(tuple(active), None if set(res) == set(tenants) else res,
-                   float(rate_scale), repetition)
+                   float(rate_scale), repetition, ray)
+
+    @property
+    def probe(self) -> bool:
+        return self.ray is not None
 
     @property
     def resident_label(self) -> str:
         return ALL if self.resident is None else "+".join(self.resident)
 
     def format(self) -> str:
-        gid = f"{'+'.join(self.active)}__{self.resident_label}__x{_fmt_scale(self.rate_scale)}"
+        cap = "" if self.ray is None else f"cap{self.ray}"
+        gid = (f"{'+'.join(self.active)}__{self.resident_label}__{cap}"
+               f"x{_fmt_scale(self.rate_scale)}")
         return gid if self.repetition is None else f"{gid}__r{self.repetition}"
 
     def __str__(self) -> str:
@@ -74,7 +86,8 @@ class ExperimentId:
                 "(<active>__<resident>__x<rate scale>__r<repetition>)"
             )
         resident = None if parts[1] == ALL else tuple(parts[1].split("+"))
-        return cls(tuple(parts[0].split("+")), resident, rate, rep)
+        ray = int(scale["ray"]) if scale and scale["ray"] is not None else None
+        return cls(tuple(parts[0].split("+")), resident, rate, rep, ray)
 
     @property
     def group(self) -> ExperimentId:
@@ -89,6 +102,9 @@ class ExperimentId:
     def label(self) -> str:
         """For people: ``a + b``; ``a + b (x2)`` at another rate scale than 1."""
         name = " + ".join(self.active)
+        if self.ray is not None:
+            mix = f"mix {self.ray}, " if self.ray else ""
+            return f"{name} (capacity probe, {mix}x{_fmt_scale(self.rate_scale)})"
         return name if self.rate_scale == 1 else f"{name} (x{_fmt_scale(self.rate_scale)})"
 
 

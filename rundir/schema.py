@@ -1,5 +1,6 @@
 """The rows of a run directory (docs/run-directory.md): ``requests.jsonl`` / ``requests.parquet``
-(one row a request), ``telemetry.parquet`` and ``server_metrics.parquet``. The runner writes
+(one row a request), ``telemetry.parquet``, ``server_metrics.parquet`` and the campaign's
+``probes.parquet`` (one row a capacity probe attempt and tenant). The runner writes
 them, the reports read them: one definition for both.
 
 Times are seconds from the experiment's monotonic anchor (``time.perf_counter_ns``
@@ -74,6 +75,31 @@ SERVER_METRICS_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "metric": pl.Utf8,
     "labels": pl.Utf8,  # JSON object text
     "value": pl.Float64,
+}
+
+
+# probes.parquet: one row per capacity probe attempt x tenant (orchestrator.capacity)
+PROBE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "search": pl.Utf8,  # "a" (alone), "a+b" (a set along its first mix), "a+b#1" (mix 1)
+    "kind": pl.Utf8,  # solo | set
+    "index": pl.Int64,  # the probe's place in its search (0, 1, ...)
+    "attempt": pl.Int64,  # repeated attempts at one scale: 0, 1, ...
+    "experiment_id": pl.Utf8,
+    "status": pl.Utf8,  # the experiment's: completed | failed | interrupted
+    "tenant": pl.Utf8,
+    "scale": pl.Float64,  # alone: multiplier of the workload's rate; a set: the mix's scale
+    "offered_rps": pl.Float64,
+    "requests": pl.Int64,  # in the measurement window, pooled over the attempts so far
+    "met": pl.Int64,  # of those, ok and within every bound of the SLO
+    "attainment": pl.Float64,  # met / requests
+    "ci_lo": pl.Float64,  # Clopper-Pearson interval of the attainment
+    "ci_hi": pl.Float64,
+    "target": pl.Float64,
+    "decision": pl.Utf8,  # pass | fail | repeat | failed (the set's, on every tenant's row)
+    "decided_by": pl.Utf8,  # interval | point (attempts ran out) | early (hopeless) | ""
+    "early_stop": pl.Boolean,  # the probe was stopped early: its SLO could no longer be met
+    "reason": pl.Utf8,
+    "limits": pl.Utf8,  # what binds in this probe (reports.limits), joined by ", "
 }
 
 

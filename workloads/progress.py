@@ -23,6 +23,8 @@ class TenantSnapshot:
     errors: int
     rate_rps: float
     p50_s: float | None
+    window: int = 0  # requests due in the measurement window (planned)
+    missed: int = 0  # of those, certain misses of the target's SLO so far (with an SLO)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,28 @@ PREWARM_MAX = 256  # connections opened ahead, a target
 
 
 @dataclass(frozen=True)
+class SloBounds:
+    """A tenant's SLO bounds in seconds (None: not bounded), for the live count of certain
+    misses (``TenantSnapshot.missed``): a window request that failed or missed a bound, or
+    that is still out past its E2E bound (or past its TTFT bound without a first token).
+    The report's attainment is computed from the rows (``reports.request_figures``) with the
+    same definition."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+
+    def met(self, ttft_s: float | None, tpot_s: float | None, e2e_s: float | None) -> bool:
+        return all(v is None or b is None or v <= b for v, b in
+                   ((ttft_s, self.ttft_s), (tpot_s, self.tpot_s), (e2e_s, self.e2e_s)))
+
+    def overdue(self, age_s: float, first_token: bool) -> bool:
+        if self.e2e_s is not None and age_s > self.e2e_s:
+            return True
+        return not first_token and self.ttft_s is not None and age_s > self.ttft_s
+
+
+@dataclass(frozen=True)
 class Target:
     """Where one tenant's requests go. ``base_url`` like ``http://127.0.0.1:8001`` (a
     trailing ``/v1`` is fine); ``model`` is the served model name."""
@@ -78,6 +100,7 @@ class Target:
     api_key: str | None = None
     timeout_s: float = 120.0
     prefix: PrefixSpec = PrefixSpec()
+    slo: SloBounds | None = None  # counts certain misses live (the capacity search's early stop)
 
     def url(self) -> str:
         base = self.base_url.rstrip("/")
@@ -146,6 +169,19 @@ class _TargetState:
         self.sent = self.done = self.errors = 0
         self.recent_done_ns: deque[int] = deque(maxlen=4096)
         self.recent_latency_ns: deque[int] = deque(maxlen=256)
+        # with an SLO: window requests planned, finished ones that missed, and those out
+        self.window = self.missed = 0
+        self.live: dict[int, _Req] = {}
+
+    def certain_misses(self, now_ns: int) -> int:
+        """Window requests that cannot meet the SLO any more: finished misses, and those
+        still out past their bound."""
+        slo = self.target.slo
+        if slo is None:
+            return 0
+        late = sum(1 for r in self.live.values()
+                   if slo.overdue((now_ns - r.sent_ns) / 1e9, r.tok is not None and r.tok.first > 0))
+        return self.missed + late
 
     def snapshot(self, now_ns: int, horizon_ns: int = 5_000_000_000) -> TenantSnapshot:
         recent = self.recent_done_ns
@@ -161,6 +197,8 @@ class _TargetState:
             errors=self.errors,
             rate_rps=len(recent) / max(span / 1e9, 1.0),
             p50_s=statistics.median(lat) / 1e9 if lat else None,
+            window=self.window,
+            missed=self.certain_misses(now_ns),
         )
 
 
@@ -169,7 +207,7 @@ class _Req:
 
     __slots__ = (
         "rid", "arrival_s", "due_ns", "input_tokens", "output_tokens", "batch_size",
-        "prompt", "request", "warmup", "in_window", "target",
+        "prompt", "request", "warmup", "in_window", "target", "sent_ns", "tok",
     )  # fmt: skip
 
     def __init__(self, rid: int, arrival_s: float, target: _TargetState) -> None:
@@ -184,6 +222,17 @@ class _Req:
         self.request: httpx.Request | None = None
         self.warmup = False
         self.in_window = False
+        self.sent_ns = 0
+        self.tok: _Tokens | None = None
+
+
+def _latencies(sent: int, first: int, done: int, output_tokens: int | None,
+               ) -> tuple[float | None, float | None, float | None]:
+    """TTFT, TPOT and E2E of an ok request in seconds (``reports.request_figures``'s)."""
+    ttft = (first - sent) / 1e9 if first else None
+    tpot = ((done - first) / 1e9 / (output_tokens - 1)
+            if first and output_tokens is not None and output_tokens > 1 else None)
+    return ttft, tpot, (done - sent) / 1e9
 
 
 def _body(r: _Req) -> bytes:
@@ -337,6 +386,7 @@ class _Replay:
             r.prompt = prompt
             r.warmup = a < warmup_s
             r.in_window = warmup_s <= a < end_window
+            ts.window += r.in_window
             self.reqs.append(r)
         self.lag_ns = np.full(len(self.reqs), -1, dtype=np.int64)
         self.prepared = 0
@@ -461,6 +511,9 @@ class _Replay:
         ts.sent += 1
         status = 0
         tok = _Tokens(ts.chat) if ts.stream else None
+        if r.in_window and ts.target.slo is not None:
+            r.sent_ns, r.tok = sent, tok
+            ts.live[r.rid] = r
         try:
             async with asyncio.timeout(ts.target.timeout_s):
                 resp = await ts.client.send(request, stream=True)
@@ -558,6 +611,12 @@ class _Replay:
         }
         self.out.write(row)
         self.counts[r.target.target.tenant][status] += 1
+        slo = r.target.target.slo
+        if slo is not None and r.in_window:
+            r.target.live.pop(r.rid, None)
+            r.tok = None
+            if status != "ok" or not slo.met(*_latencies(sent, first, done, output_tokens)):
+                r.target.missed += 1
         if status != "dropped":
             self.finished += 1
             ts = r.target

@@ -20,6 +20,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("orchestrator.cli.campaign", "plan"),
     "up": ("orchestrator.cli.campaign", "up"),
     "run": ("orchestrator.cli.campaign", "run"),
+    "capacity": ("orchestrator.cli.campaign", "capacity"),
     "presets": ("orchestrator.cli.campaign", "presets"),
     "trace": ("orchestrator.cli.workloads", "trace"),
     "replay": ("orchestrator.cli.workloads", "replay"),
@@ -33,6 +34,7 @@ _HELP = {
     "plan": "Show the memory plan: each tenant's share, bytes and KV capacity.",
     "up": "Start a spec's tenants and keep them up for requests by hand (live mode).",
     "run": "Run a campaign: experiments, telemetry, results, report.",
+    "capacity": "Search each tenant's and set's capacity under its SLO, or print a run's (and W).",
     "presets": "List or build model presets (tiny CPU models, GPU shapes, encoders).",
     "trace": "Make, import and inspect request traces.",
     "replay": "Replay a trace against endpoints that are already running.",
@@ -69,6 +71,7 @@ def cli() -> None:
       cotenant validate examples/cpu-demo.yaml     check a spec
       cotenant plan examples/cpu-demo.yaml         memory shares and KV capacity
       cotenant run examples/cpu-demo.yaml          run the campaign, write runs/<name>/
+      cotenant capacity examples/cpu-capacity.yaml capacity alone and together, W
       cotenant report runs/cpu-demo                rebuild report.html and summary.md
       cotenant up examples/cpu-demo.yaml           leave the tenants up for requests by hand
     """

@@ -36,13 +36,16 @@ def validate(spec: Path) -> None:
       cotenant validate examples/cpu-demo.yaml
     """
     from orchestrator.campaign import plan_campaign
+    from orchestrator.capacity.run import plan_searches
     from orchestrator.spec import load_spec
 
     s, _ = load_spec(spec)
     p = plan_campaign(s)
+    searches = plan_searches(s) if "capacity" in s.strategy else []
+    more = f", {len(searches)} capacity searches" if searches else ""
     click.echo(
         f"{spec}: ok — {len(s.tenants)} tenants, {len(p.groups)} resident set(s), "
-        f"{len(p.experiments)} experiments"
+        f"{len(p.experiments)} experiments{more}"
     )
 
 
@@ -109,13 +112,13 @@ def _print_batch_limits(c: Console, s: Any, base: Path) -> None:
 
 def _placement(s: Any, targets: str | None, profiles: Path | None) -> None:
     """``plan --targets --profiles``: the placement reports.placement proposes."""
-    from orchestrator.cli.reports import _pairs
+    from orchestrator.cli.reports import pairs
     from reports.placement import place, placement_text
     from reports.predict_cli import load_explanation
 
     if targets is None or profiles is None:
         raise click.UsageError("--targets and --profiles go together")
-    want = _pairs(targets, "--targets")
+    want = pairs(targets, "--targets")
     unknown = [t for t in want if t not in s.tenant_names]
     if unknown:
         raise click.BadParameter(f"no tenant named {', '.join(unknown)} in the spec",
@@ -295,6 +298,76 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
             c.print(f"{label}: {path}")
 
 
+@click.command("capacity")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--target", "targets", default=None, metavar="T=RPS,...",
+              help="Target loads (req/s per tenant): the GPUs they need, one per tenant against "
+              "co-located along the measured frontier.")
+@click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs"), show_default=True, help="Run directories go under here.")
+@click.option("--resume", is_flag=True, help="Keep finished probes; replay the searches to "
+              "where they stopped.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--no-report", is_flag=True, help="Do not build the report at the end.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Order seed (the probes' arrival and prompt seeds derive from it).")
+@click.option("--dry-run", is_flag=True, help="Print the searches and stop.")
+def capacity(path: Path, targets: str | None, out_root: Path, resume: bool, overwrite: bool,
+             no_report: bool, seed: int | None, dry_run: bool) -> None:
+    """Search capacity: PATH a spec runs its searches; PATH a run directory prints them.
+
+    A spec file: every tenant alone, then each set of `capacity.sets` along each mix,
+    searched for the highest offered rate (alone) or scale (a set) at which every tenant
+    meets its SLO attainment target (`slo.<t>.attainment`, default 0.90): geometric steps
+    to bracket it, bisection on the log rate down to `capacity.tolerance`, each probe a short
+    experiment decided by the Clopper-Pearson interval of its attainment (repeated while it
+    straddles the target), ended early once its misses make the target unreachable. A spec
+    whose strategy lacks `capacity` runs only the searches, as campaign NAME-capacity.
+    Writes runs/<name>/probes.parquet and capacity.json (resumable, probe by probe).
+
+    A run directory: each tenant's capacity C with its bracket and what binds at the knee,
+    each set's weighted capacity W = sum(rate / C) with its bracket (above 1: sharing one GPU
+    beats dividing its time), and with --target the GPUs the loads need.
+
+    \b
+    Examples:
+      cotenant capacity examples/cpu-capacity.yaml
+      cotenant capacity examples/cpu-capacity.yaml --resume
+      cotenant capacity runs/cpu-capacity
+      cotenant capacity runs/cpu-capacity --target llama-a=20,minilm=60
+    """
+    if path.is_dir():
+        from orchestrator.cli.reports import pairs
+        from reports.capacity import capacity_text
+
+        click.echo(capacity_text(path, pairs(targets, "--target") if targets else None))
+        return
+    from orchestrator.errors import SpecError
+    from orchestrator.runner import run_campaign
+    from orchestrator.spec import load_spec, parse_spec
+
+    if targets:
+        raise SpecError("--target reads a run directory's capacity.json: run the search "
+                        "first, then `cotenant capacity RUN_DIR --target ...`")
+    s, base = load_spec(path)
+    if "capacity" not in s.strategy:
+        data = s.model_dump(exclude_unset=True)
+        data.update(strategy=["capacity"], name=f"{s.name}-capacity")
+        s = parse_spec(data, f"{path} (capacity only)")
+    if dry_run:
+        _dry_run(s, seed)
+        return
+    res = run_campaign(s, base, out_root, resume=resume, overwrite=overwrite,
+                       report=not no_report, seed=seed)
+    c = Console()
+    c.print(f"\n[bold]{sum(o.status == 'completed' for o in res.outcomes)} probes completed, "
+            f"{len(res.failed)} failed[/] in {res.wall_s:.0f} s")
+    from reports.capacity import capacity_text
+
+    c.print(capacity_text(res.run_dir, None))
+    c.print(f"run directory: {res.run_dir}")
+
+
 def _dry_run(s: Any, seed: int | None) -> None:
     """The plan a run would follow: memory, experiments in order, blocks, lifetimes, time."""
     from orchestrator.campaign import plan_campaign, resolve_order_seed, resolve_restarts
@@ -320,6 +393,27 @@ def _dry_run(s: Any, seed: int | None) -> None:
                 f"log half-width ≤ {goal.half_width:g}, up to {goal.max_repetitions} repetitions")
     c.print(f"expected duration ≈ {p.expected_seconds() / 60:.1f} min "
             f"(measurement windows {len(rows) * s.experiment.duration_s / 60:.1f} min)")
+    if "capacity" in s.strategy:
+        _dry_capacity(c, s)
+
+
+def _dry_capacity(c: Console, s: Any) -> None:
+    """The capacity searches a run would make, in order, and their probe budget."""
+    from orchestrator.capacity.run import plan_searches
+
+    k = s.capacity
+    rows = [{"#": str(i + 1), "search": x.key, "kind": x.kind, "resident": "+".join(x.resident),
+             "mix": ("same share of each capacity" if x.fractions and len(set(x.fractions)) == 1
+                     else f"shares {', '.join(f'{f:.2f}' for f in x.fractions)}" if x.fractions
+                     else "req/s " + ":".join(f"{v:g}" for _, v in x.relative or ())
+                     if x.kind == "set" else "")}
+            for i, x in enumerate(plan_searches(s))]
+    c.print(_table(f"then {len(rows)} capacity searches", rows))
+    per = s.experiment.warmup_s + s.experiment.duration_s + 3.0
+    c.print(f"each: brackets by x{k.step:g}, bisects to {k.tolerance:.0%}, probes repeated up to "
+            f"{k.max_attempts} attempts while the {k.level:.0%} interval of attainment straddles "
+            f"the target, at most {k.max_probes} probes (≈ {6 * per / 60:.1f}-"
+            f"{k.max_probes * per / 60:.1f} min a search)")
 
 
 def override_spec(s: Any, source: Path, *, sharing: str | None = None,

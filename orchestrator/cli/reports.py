@@ -91,7 +91,7 @@ def compare(run_a: Path, run_b: Path, out: Path | None) -> None:
     click.echo(f"tables:   {html.parent / 'tables'}/compare.csv")
 
 
-def _pairs(text: str | None, option: str) -> dict[str, float]:
+def pairs(text: str | None, option: str) -> dict[str, float]:
     """``a=40,b=60`` -> {"a": 40.0, "b": 60.0}."""
     out: dict[str, float] = {}
     for part in (text or "").split(","):
@@ -137,6 +137,6 @@ def predict(run_dir: Path, set_: str, rates: str | None, mix: str | None, as_jso
     """
     from reports.predict_cli import run_predict
 
-    text = run_predict(run_dir, set_.split("+"), _pairs(rates, "--rates") if rates else None,
-                       _pairs(mix, "--mix") if mix else None, as_json)
+    text = run_predict(run_dir, set_.split("+"), pairs(rates, "--rates") if rates else None,
+                       pairs(mix, "--mix") if mix else None, as_json)
     click.echo(text)

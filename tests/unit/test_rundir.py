@@ -30,7 +30,7 @@ from rundir.envelope import (
 from rundir.errors import CotenantError, RunDirError
 from rundir.ids import ExperimentId, group_id, group_label
 from rundir.io import JsonlAppender, read_json, salvage_requests
-from rundir.schema import REQUEST_SCHEMA, SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
+from rundir.schema import PROBE_SCHEMA, REQUEST_SCHEMA, SERVER_METRICS_SCHEMA, TELEMETRY_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "run-directory.md"
@@ -67,6 +67,7 @@ def contract() -> dict[str, list[str]]:
         "requests.parquet": list(REQUEST_SCHEMA),
         "telemetry.parquet": list(TELEMETRY_SCHEMA),
         "server_metrics.parquet": list(SERVER_METRICS_SCHEMA),
+        "probes.parquet": list(PROBE_SCHEMA),
     }
 
 
@@ -234,6 +235,17 @@ def test_experiment_ids_round_trip() -> None:
     odd = ExperimentId.parse("my__tenant__all__x1__r0")  # '_' is allowed in a tenant name
     assert odd.active == ("my__tenant",) and odd.group_id == "my__tenant__all__x1"
     assert ExperimentId.parse("my__tenant__all__x1").active == ("my__tenant",)
+
+
+def test_probe_ids_round_trip_and_never_meet_an_experiment_id() -> None:
+    p = ExperimentId.of(("a", "b"), ("a", "b"), ["a", "b"], 0.75, 1, ray=2)
+    assert str(p) == "a+b__all__cap2x0.75__r1" and p.probe
+    assert ExperimentId.parse(str(p)) == p and p.group_id == "a+b__all__cap2x0.75"
+    assert p.label == "a + b (capacity probe, mix 2, x0.75)"
+    solo = ExperimentId.parse("a__all__cap0x2.5__r0")
+    assert solo.ray == 0 and solo.rate_scale == 2.5 and solo.label == "a (capacity probe, x2.5)"
+    plain = ExperimentId.of(("a",), ("a", "b"), ["a", "b"], 2.5, 0)
+    assert not plain.probe and str(plain) != str(solo) and plain.group_id != solo.group_id
 
 
 @pytest.mark.parametrize("bad", ["", "a", "a__all", "a__all__1__r0", "a__all__xfast__r0",
