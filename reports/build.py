@@ -9,6 +9,9 @@ import polars as pl
 
 from reports import figures as F
 from reports.analysis import Analysis, analyze
+from reports.capacity import W_MAP_TITLE, load_capacity
+from reports.capacity_figures import capacity_figures, w_map
+from reports.capacity_render import capacity_tables
 from reports.errors import ReportError
 from reports.explain_render import explain_tables, predicted_vs_measured
 from reports.html import render
@@ -84,9 +87,11 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
         reasons = "; ".join(f"{e.id}: {e.status}" for e in run.experiments[:5]) or "no experiments"
         raise ReportError(f"{run.path}: no completed experiment to report on ({reasons})")
     a = analyze(run)
+    cap = load_capacity(run)
     tables_dir, figures_dir = out / "tables", out / "figures"
     table_paths: list[Path] = []
-    for name, df in _tables(a).items():
+    extra = {} if cap is None else capacity_tables(cap)
+    for name, df in (_tables(a) | extra).items():
         table_paths += write_table(tables_dir, name, df)
 
     figs: dict[str, F.SavedFigure] = {}
@@ -96,7 +101,13 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
             figs[name] = F.save(fig, figures_dir, name, title)  # type: ignore[arg-type]
 
     order = a.set_order
-    keep("strategy_map", "worst headline slowdown per set", F.strategy_map(a.strategies, a.settings.margin))
+    if cap is not None and cap.sets["W"].drop_nulls().len():  # measured capacity: the map shows W
+        keep("strategy_map", W_MAP_TITLE, w_map(cap.sets))
+    else:
+        keep("strategy_map", "worst headline slowdown per set", F.strategy_map(a.strategies, a.settings.margin))
+    if cap is not None:
+        for name, (title, fig) in capacity_figures(cap, a.tenants).items():
+            keep(name, title, fig)
     keep("interference_heatmap", "victim x co-tenant", F.interference_heatmap(a.matrix, a.tenants))
     keep("predicted_vs_measured", "predicted against measured", predicted_vs_measured(a.explanation))
     keep("throughput_goodput", "throughput and goodput", F.throughput_bars(a.stats, a.tenants, order))
@@ -123,9 +134,9 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Repo
             if e.group_id not in seen:
                 seen.add(e.group_id)
                 shown.append(e.id)
-    html = render(a, figs, shown, len(run.completed))
+    html = render(a, figs, shown, len(run.completed), capacity=cap)
     html_path, md_path = out / "report.html", out / "summary.md"
     atomic_write_text(html_path, html)
-    atomic_write_text(md_path, summary_markdown(a))
+    atomic_write_text(md_path, summary_markdown(a, capacity=cap))
     fig_paths = [p for f in figs.values() for p in (f.svg_path, f.png_path)]
     return ReportPaths(out, html_path, md_path, tables_dir, figures_dir, table_paths, fig_paths)

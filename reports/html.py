@@ -14,6 +14,8 @@ from typing import Any
 import polars as pl
 
 from reports.analysis import Analysis
+from reports.capacity import CapacityRun, load_capacity
+from reports.capacity_render import capacity_html, nav_entry
 from reports.conditions import summary as conditions_summary
 from reports.explain_render import explain_html
 from reports.figures import SavedFigure
@@ -185,17 +187,22 @@ def _plan(plan: Any) -> list[tuple[Any, ...]]:
     ]
 
 
-def render(a: Analysis, figs: dict[str, SavedFigure], timelines_shown: Sequence[str], timelines_total: int) -> str:
+def render(a: Analysis, figs: dict[str, SavedFigure], timelines_shown: Sequence[str], timelines_total: int,
+           capacity: CapacityRun | None = None) -> str:
+    """The page; a run that measured capacity (``capacity``, else read from the run
+    directory) leads with its Capacity section."""
+    cap = capacity if capacity is not None else load_capacity(a.run)
     title = f"cotenant report — {a.run.name}"
     desc = (a.run.spec.get("description") or "").strip()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{k}">{v}</a>' for k, v in (
-        ("summary", "Summary"), ("sets", "Sets"), ("interference", "Interference"),
+        *nav_entry(cap), ("summary", "Summary"), ("sets", "Sets"), ("interference", "Interference"),
         *((("precision", "Precision"),) if a.settings.precision_half_width is not None else ()),
         ("tenants", "Tenants"),
         ("explain", "Bottlenecks and predictions"),
         ("timelines", "Timelines"), ("failures", "Failures"), ("environment", "Environment")))
     body = "".join([
+        "" if cap is None else capacity_html(cap, figs),
         summary_section(a, figs),
         sets_section(a),
         interference_section(a, figs),

@@ -13,6 +13,7 @@ import polars as pl
 
 from reports.analysis import Analysis
 from reports.batch import FLAG_TEXT
+from reports.capacity import W_MAP_TITLE
 from reports.figures import SavedFigure
 from reports.htmlkit import badge, e, figure, table
 from reports.metrics import fmt, label, num
@@ -111,8 +112,14 @@ def summary_section(a: Analysis, figs: dict[str, SavedFigure]) -> str:
     if base.height:
         out += ["<h3>Baselines: each tenant alone</h3>",
                 table(heads, _strategy_rows(a, base), numeric=(4,), attrs='id="baselines-table"')]
-    out.append(figure(figs.get("strategy_map"), "Per co-located set: the worst headline slowdown with "
-                      "its 95% interval, against the margin line; colour: the set's verdict."))
+    smap = figs.get("strategy_map")
+    if smap is not None and smap.title == W_MAP_TITLE:  # the run measured capacity
+        out.append(figure(smap, "Per co-located set and mix: its weighted capacity W with the bracket "
+                          "the capacity search gives, against W = 1 (time division); colour: sharing "
+                          "wins, hurts, or not established."))
+    else:
+        out.append(figure(smap, "Per co-located set: the worst headline slowdown with "
+                          "its 95% interval, against the margin line; colour: the set's verdict."))
     out.append("<details><summary>How to read this report (definitions)</summary><dl class=defs>"
                + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in definitions())
                + "</dl></details></section>")

@@ -7,6 +7,8 @@ from pathlib import Path
 import polars as pl
 
 from reports.analysis import Analysis, analyze
+from reports.capacity import CapacityRun, load_capacity
+from reports.capacity_render import capacity_markdown
 from reports.explain_render import explain_markdown
 from reports.metrics import label, num
 from reports.narrative import fmt_ratio, headlines, what_was_run
@@ -50,10 +52,14 @@ HEADS = ["#", "set", "verdict", "worst headline slowdown (95% CI)", "goodput tog
          "SLO attainment", "batch limit binds"]
 
 
-def summary_markdown(analysis: Analysis | RunDir | str | Path) -> str:
-    """The summary as Markdown: what was run, headline, ranking, failures, where the rest is."""
+def summary_markdown(analysis: Analysis | RunDir | str | Path, capacity: CapacityRun | None = None) -> str:
+    """The summary as Markdown: what was run, capacity (when measured: ``capacity``, else read
+    from the run directory), headline, ranking, failures, where the rest is."""
     a = analysis if isinstance(analysis, Analysis) else analyze(analysis)
-    out = [f"# cotenant report: {a.run.name}", "", f"**What was run.** {what_was_run(a)}", "", "**Headline**", ""]
+    cap = capacity if capacity is not None else load_capacity(a.run)
+    out = [f"# cotenant report: {a.run.name}", "", f"**What was run.** {what_was_run(a)}", ""]
+    out += [] if cap is None else capacity_markdown(cap)
+    out += ["**Headline**", ""]
     out += [f"- {h}" for h in headlines(a)]
     s = a.strategies
     ranked = s.filter(pl.col("rank").is_not_null())
