@@ -1,4 +1,5 @@
-"""A resident set: the tenants started together, one at a time in the planner's order, kept up
+"""A resident set: the tenants started together, in the planner's order (one at a time where
+vLLM profiles free memory, side by side where nothing is profiled), kept up
 across the experiments that share them, watched, restarted after a crash (all of them, or one
 alone on the port it had), always stopped."""
 
@@ -26,12 +27,19 @@ class StartRecord:
     log_path: Path
 
 
+def _sizes_nothing(t: TenantSpecT) -> bool:
+    """True for a tenant whose start does not size anything from the GPU's free memory."""
+    return not isinstance(t, VllmTenant) or t.kv_cache_memory_bytes is not None
+
+
 class ResidentSet:
     """Start, watch and stop the servers of one resident set.
 
     ``start()`` starts tenants one after the other, each only after the previous one answers
     ``/health`` (vLLM sizes its KV cache from what is free while it profiles; concurrent
-    starts mis-size it). ``stop()`` stops them all and is safe to call twice.
+    starts mis-size it), except, on a GPU, those that size nothing (encoders, vLLM with a
+    fixed ``kv_cache_memory_bytes``), which start together. ``stop()`` stops them all and is
+    safe to call twice.
     """
 
     def __init__(
@@ -61,10 +69,31 @@ class ResidentSet:
         return self.log_dir / f"{name}.{len(existing)}.log"
 
     def start(self) -> None:
+        """Start every tenant not running: those that size their KV cache from free memory
+        one after another, then (on a GPU) the rest together: encoders and vLLM tenants
+        with a fixed ``kv_cache_memory_bytes`` profile nothing that a neighbour's start
+        could disturb, so they need not wait for each other. A start that fails raises
+        (after the others of its batch have finished starting; ``stop()`` stops them)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for t in self.tenants:
-            if t.name not in self.running:
+        todo = [t for t in self.tenants if t.name not in self.running]
+        together = [t for t in todo if self.plan.backend == "cuda" and _sizes_nothing(t)]
+        for t in todo:
+            if t not in together:
                 self._start_one(t, t.port)
+        if len(together) < 2:
+            for t in together:
+                self._start_one(t, t.port)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.on_event(f"starting {', '.join(t.name for t in together)} together (each has a "
+                      "fixed KV cache or none)")
+        with ThreadPoolExecutor(len(together)) as pool:
+            futures = [pool.submit(self._start_one, t, t.port) for t in together]
+            errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def _start_one(self, t: TenantSpecT, port: int | None) -> Any:
         from servers.launch import read_kv_cache_info, start_tenant

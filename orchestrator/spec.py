@@ -47,9 +47,9 @@ class CapacitySettings(_Strict):
               "searched alone first)"),
     ] = []
     rays: Annotated[
-        int, Field(ge=1, le=9, description="Mixes per set, evenly spread in angle in the space "
+        int, Field(ge=0, le=9, description="Mixes per set, evenly spread in angle in the space "
                    "of r_i / C_i (pairs only); 1: every tenant at the same fraction of its solo "
-                   "capacity")
+                   "capacity; 0: only the explicit mixes")
     ] = 1
     mixes: Annotated[
         list[Rates],

@@ -103,7 +103,10 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
     """Every table of the report for a run directory (or an already loaded ``RunDir``)."""
     run = run if isinstance(run, RunDir) else load_run(run)
     settings = settings_from_spec(run.spec)
-    exp, dev = experiment_table(run, engine)
+    everything, every_dev = experiment_table(run, engine)
+    # capacity probes feed the profiles, predictions and the capacity section, not the
+    # paired interference analysis (they are no blocks of alone and co-located arms)
+    exp, dev = without_probes(run, everything), without_probes(run, every_dev)
     stats = group_stats(exp, metric_columns())
     dstats = group_stats(dev, list(DEVICE_METRICS), DEVICE_KEYS)
     inter = _interference(run, exp, settings, INTERFERENCE_METRICS, engine)
@@ -111,11 +114,11 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
     colocated = {k: v for k, v in baselines(exp).items() if k[0] != v}
     flags = flagged(batch, colocated)
     inter = mark_batch_limit(inter, flags)
-    x = explain(run, exp, dev)
+    x = explain(run, everything, every_dev)
     return Analysis(
         run=run,
-        experiments=exp,
-        device=dev,
+        experiments=everything,
+        device=every_dev,
         stats=stats,
         device_stats=dstats,
         interference=inter,
@@ -129,6 +132,12 @@ def analyze(run: RunDir | str | Path, engine: str = "streaming") -> Analysis:
         precision=precision_table(inter, settings),
         explanation=x,
     )
+
+
+def without_probes(run: RunDir, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` without the rows of capacity probes (``orchestrator.capacity``)."""
+    probes = [e.id for e in run.experiments if e.manifest.get("probe")]
+    return frame.filter(~pl.col("experiment_id").is_in(probes)) if probes else frame
 
 
 def _interference(run: RunDir, exp: pl.DataFrame, settings: ReportSettings,
@@ -162,7 +171,7 @@ def paired_half_widths(run: RunDir | str | Path, engine: str = "streaming") -> p
     ``experiment.precision`` compares with its target to decide whether to add blocks."""
     run = run if isinstance(run, RunDir) else load_run(run)
     settings = settings_from_spec(run.spec)
-    exp, _ = experiment_table(run, engine)
+    exp = without_probes(run, experiment_table(run, engine)[0])
     if exp.height == 0:
         return pl.DataFrame(schema=PRECISION_SCHEMA)
     primaries = sorted({settings.primary_figure(t, k) for t, k in

@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 import rundir.schema as _schema
-from reports.capacity_plan import frontier, gpus_needed, parse_targets, solo_low
+from reports.capacity_plan import frontier, gpus_needed, solo_low
 from reports.errors import ReportError
 from reports.metrics import num
 from rundir.errors import RunDirError
@@ -35,7 +35,7 @@ from rundir.io import read_json
 from rundir.reader import RunDir
 
 __all__ = ["CapacityRun", "capacity_table", "capacity_text", "frontier", "gpus_needed", "gpus_lines",
-           "load_capacity", "parse_targets", "set_table", "w_verdict", "W_MAP_TITLE"]
+           "load_capacity", "set_table", "w_verdict", "W_MAP_TITLE"]
 
 WINS = "sharing wins"
 HURTS = "sharing hurts"

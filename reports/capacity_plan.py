@@ -235,22 +235,3 @@ def gpus_needed(capacity_json: Mapping[str, Any], targets: Mapping[str, float]) 
     best = min(valid, key=lambda o: o[1]) if valid else None
     return {"targets": targets, "basis": BASIS, "dedicated": dedicated, "co_located": co,
             "best": None if best is None else {"plan": best[0], "gpus": best[1]}}
-
-
-def parse_targets(text: str) -> dict[str, float]:
-    """``"a=300,b=200"`` -> ``{"a": 300.0, "b": 200.0}``; ``ValueError`` naming the bad item."""
-    out: dict[str, float] = {}
-    for item in (x.strip() for x in text.split(",")):
-        if not item:
-            continue
-        name, sep, val = item.partition("=")
-        try:
-            v = float(val)
-        except ValueError:
-            v = float("nan")
-        if not sep or not name.strip() or not v >= 0 or math.isinf(v):
-            raise ValueError(f"--target {item!r}: expected TENANT=REQ_PER_S (a number >= 0), e.g. a=300,b=200")
-        out[name.strip()] = v
-    if not out:
-        raise ValueError("--target: expected TENANT=REQ_PER_S[,...], e.g. a=300,b=200")
-    return out

@@ -85,7 +85,7 @@ def plan_searches(spec: CampaignSpec) -> list[SearchPlan]:
     for members in c.sets:
         tenants = tuple(sorted(members, key=spec.tenant_names.index))
         resident = tenants if exact else everyone
-        rays = c.rays if len(tenants) == 2 else 1
+        rays = c.rays if len(tenants) == 2 or c.rays == 0 else 1
         mixes: list[tuple[tuple[float, ...] | None, tuple[tuple[str, float], ...] | None]] = [
             (tuple(ray_fractions(len(tenants), k, rays)), None) for k in range(rays)]
         mixes += [(None, tuple((t, float(m[t])) for t in tenants)) for m in c.mixes]

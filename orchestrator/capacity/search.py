@@ -211,9 +211,11 @@ def weighted_capacity(rates: Mapping[str, float], capacities: Mapping[str, float
 def w_bracket(mix: Mapping[str, float], scale_bracket: tuple[float, float | None],
               solo: Mapping[str, tuple[float, float | None]]) -> tuple[float, float | None]:
     """W's bracket from the scale's bracket and the solo capacities' brackets: low with the
-    lowest scale over the highest capacities, high with the highest over the lowest."""
+    lowest scale over the highest capacities, high with the highest over the lowest. A
+    capacity that is only a lower bound (no high end) may be any larger, so its tenant adds
+    nothing to the low end."""
     lo, hi = scale_bracket
-    w_lo = lo * sum(r / (solo[t][1] or solo[t][0]) for t, r in mix.items())
+    w_lo = lo * sum(r / solo[t][1] for t, r in mix.items() if solo[t][1])
     w_hi = None if hi is None else hi * sum(r / solo[t][0] for t, r in mix.items())
     return w_lo, w_hi
 

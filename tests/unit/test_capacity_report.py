@@ -27,7 +27,7 @@ from reports.capacity import (
     w_verdict,
 )
 from reports.capacity_figures import capacity_region, probe_attainment, w_map
-from reports.capacity_plan import along, frontier, gpus_needed, parse_targets
+from reports.capacity_plan import along, frontier, gpus_needed
 from reports.errors import ReportError
 from rundir.schema import PROBE_SCHEMA
 from tests.unit.runfixtures import DEFAULT_TENANTS, RunSpec, write_run
@@ -190,13 +190,6 @@ def test_gpus_needed_says_what_cannot_be_served() -> None:
         gpus_needed(data, {"z": 1})
     with pytest.raises(ValueError, match=">= 0"):
         gpus_needed(data, {"a": -1})
-
-
-def test_parse_targets() -> None:
-    assert parse_targets("a=300, b=200.5") == {"a": 300.0, "b": 200.5}
-    for bad in ("a", "a=x", "=3", "a=-1", ""):
-        with pytest.raises(ValueError, match="--target"):
-            parse_targets(bad)
 
 
 # ---- a run directory -----------------------------------------------------------------------------

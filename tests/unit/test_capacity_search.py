@@ -137,6 +137,9 @@ def test_w_bracket_combines_the_scale_and_the_solo_brackets() -> None:
     assert lo == pytest.approx(0.8 * (5 / 10.5 + 20 / 42))
     assert hi == pytest.approx(0.84 * (5 / 10 + 20 / 40))
     assert w_bracket(mix, (0.8, None), solo)[1] is None
+    # a at least 10 req/s (no high end): W can be as low as b's share alone
+    lo, _ = w_bracket(mix, (0.8, 0.84), {"a": (10.0, None), "b": (40.0, 42.0)})
+    assert lo == pytest.approx(0.8 * 20 / 42)
 
 
 SPEC = {

@@ -1,0 +1,65 @@
+"""ResidentSet.start: tenants that profile free memory one after another, the rest together."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import servers.launch
+import servers.vllm
+from orchestrator.residents import ResidentSet
+from servers.spec import EncoderTenant, VllmTenant
+
+
+def _plan(backend: str, order: list[str]) -> SimpleNamespace:
+    return SimpleNamespace(backend=backend, start_order=order, share=lambda name: 0.2)
+
+
+@pytest.fixture
+def starts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, float]]:
+    """Fake server starts that take 0.3 s each and record (tenant, began, ended)."""
+    log: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def start_tenant(t, **kw):  # type: ignore[no-untyped-def]
+        t0 = time.monotonic()
+        time.sleep(0.3)
+        with lock:
+            log.append((t.name, t0, time.monotonic()))
+        return SimpleNamespace(port=8000, resolved=None, base_url="http://x")
+
+    monkeypatch.setattr(servers.launch, "start_tenant", start_tenant)
+    monkeypatch.setattr(servers.launch, "read_kv_cache_info", lambda r: {})
+    monkeypatch.setattr(servers.vllm, "cpu_attention_for", lambda *a: None)
+    return log
+
+
+def _overlap(log: list[tuple[str, float, float]], a: str, b: str) -> bool:
+    (_, a0, a1), (_, b0, b1) = (next(x for x in log if x[0] == n) for n in (a, b))
+    return a0 < b1 and b0 < a1
+
+
+TENANTS = [
+    VllmTenant(name="sized", model="tiny-llama"),  # profiles free memory: alone
+    VllmTenant(name="fixed", model="tiny-llama", kv_cache_memory_bytes=1 << 30),
+    EncoderTenant(name="enc", model="all-minilm-l6-v2"),
+]
+
+
+def test_on_a_gpu_the_tenants_that_size_nothing_start_together(tmp_path: Path, starts) -> None:
+    rs = ResidentSet(list(TENANTS), _plan("cuda", ["sized", "fixed", "enc"]), tmp_path, tmp_path)  # type: ignore[arg-type]
+    rs.start()
+    assert set(rs.running) == {"sized", "fixed", "enc"}
+    assert _overlap(starts, "fixed", "enc")
+    assert not _overlap(starts, "sized", "fixed") and not _overlap(starts, "sized", "enc")
+
+
+def test_on_the_cpu_every_tenant_starts_alone(tmp_path: Path, starts) -> None:
+    rs = ResidentSet(list(TENANTS), _plan("cpu", ["sized", "fixed", "enc"]), tmp_path, tmp_path)  # type: ignore[arg-type]
+    rs.start()
+    assert [s[0] for s in starts] == ["sized", "fixed", "enc"]
+    assert not _overlap(starts, "fixed", "enc")
