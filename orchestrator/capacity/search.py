@@ -215,7 +215,7 @@ def w_bracket(mix: Mapping[str, float], scale_bracket: tuple[float, float | None
     capacity that is only a lower bound (no high end) may be any larger, so its tenant adds
     nothing to the low end."""
     lo, hi = scale_bracket
-    w_lo = lo * sum(r / solo[t][1] for t, r in mix.items() if solo[t][1])
+    w_lo = lo * sum(r / c_hi for t, r in mix.items() if (c_hi := solo[t][1]))
     w_hi = None if hi is None else hi * sum(r / solo[t][0] for t, r in mix.items())
     return w_lo, w_hi
 
