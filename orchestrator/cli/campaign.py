@@ -311,9 +311,11 @@ def run(spec: Path, out_root: Path, dry_run: bool, resume: bool, overwrite: bool
 @click.option("--no-report", is_flag=True, help="Do not build the report at the end.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, metavar="N",
               help="Order seed (the probes' arrival and prompt seeds derive from it).")
+@click.option("--sharing", type=click.Choice(["time-slice", "mps"]), default=None,
+              help="Override the spec's sharing mode; runs as NAME-MODE.")
 @click.option("--dry-run", is_flag=True, help="Print the searches and stop.")
 def capacity(path: Path, targets: str | None, out_root: Path, resume: bool, overwrite: bool,
-             no_report: bool, seed: int | None, dry_run: bool) -> None:
+             no_report: bool, seed: int | None, sharing: str | None, dry_run: bool) -> None:
     """Search capacity: PATH a spec runs its searches; PATH a run directory prints them.
 
     A spec file: every tenant alone, then each set of `capacity.sets` along each mix,
@@ -321,8 +323,8 @@ def capacity(path: Path, targets: str | None, out_root: Path, resume: bool, over
     meets its SLO attainment target (`slo.<t>.attainment`, default 0.90): geometric steps
     to bracket it, bisection on the log rate down to `capacity.tolerance`, each probe a short
     experiment decided by the Clopper-Pearson interval of its attainment (repeated while it
-    straddles the target), ended early once its misses make the target unreachable. A spec
-    whose strategy lacks `capacity` runs only the searches, as campaign NAME-capacity.
+    straddles the target), ended early once its misses make the target unreachable. Only
+    the searches run: a spec whose strategy holds more runs as campaign NAME-capacity.
     Writes runs/<name>/probes.parquet and capacity.json (resumable, probe by probe).
 
     A run directory: each tenant's capacity C with its bracket and what binds at the knee,
@@ -333,6 +335,7 @@ def capacity(path: Path, targets: str | None, out_root: Path, resume: bool, over
     Examples:
       cotenant capacity examples/cpu-capacity.yaml
       cotenant capacity examples/cpu-capacity.yaml --resume
+      cotenant capacity examples/h200-capacity-pair.yaml --sharing mps
       cotenant capacity runs/cpu-capacity
       cotenant capacity runs/cpu-capacity --target llama-a=20,minilm=60
     """
@@ -350,10 +353,11 @@ def capacity(path: Path, targets: str | None, out_root: Path, resume: bool, over
         raise SpecError("--target reads a run directory's capacity.json: run the search "
                         "first, then `cotenant capacity RUN_DIR --target ...`")
     s, base = load_spec(path)
-    if "capacity" not in s.strategy:
+    if s.strategy != ["capacity"]:
         data = s.model_dump(exclude_unset=True)
         data.update(strategy=["capacity"], name=f"{s.name}-capacity")
         s = parse_spec(data, f"{path} (capacity only)")
+    s = override_spec(s, path, sharing=sharing)
     if dry_run:
         _dry_run(s, seed)
         return
