@@ -17,6 +17,7 @@ memory shares (test_up.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -332,9 +333,18 @@ def test_trace_deleted_between_experiments(tmp_path, record_property):
 # ---- a disk that fills up ------------------------------------------------------------------
 
 
+# The tmpfs of the disk-full test. Measured (an encoder, 2 repetitions of 1 + 3 s): the run
+# directory holds 68 KiB when the second experiment is 0.5 s into its window (the first
+# experiment's four result files, requests.jsonl, campaign.json, the server log and the
+# warm-up log) and 100 KiB when the campaign is done. 2 MiB leaves it 20 times that room;
+# the test checks that at least half the tmpfs is still free when it fills it, so a run
+# directory that grows towards the size fails with that message, not a confusing one.
+DISK_BYTES = 2 * 1024 * 1024
+
+
 @contextlib.contextmanager
-def small_disk(path: Path, size: str = "2m"):
-    """A tmpfs of ``size`` mounted at ``path`` (None where mounting is not permitted)."""
+def small_disk(path: Path, size: int = DISK_BYTES):
+    """A tmpfs of ``size`` bytes mounted at ``path`` (None where mounting is not permitted)."""
     path.mkdir(parents=True, exist_ok=True)
     if os.environ.get("COTENANT_FAULTS_NO_MOUNT") or not shutil.which("mount"):
         yield None
@@ -350,17 +360,39 @@ def small_disk(path: Path, size: str = "2m"):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def free_bytes(disk: Path) -> int:
+    st = os.statvfs(disk)
+    return st.f_bavail * st.f_frsize
+
+
 def fill(disk: Path) -> int:
-    """Write zeros to ``disk`` until it is full; returns the bytes written."""
+    """Write zeros to ``disk`` until it is full; returns the bytes written (0 when it was full
+    already: ENOSPC on creating the file counts as full).
+
+    Unbuffered: a buffered file keeps the tail of the last, short write in its buffer and
+    raises ENOSPC again when it is closed (it did, once the run directory stopped being a
+    multiple of the chunk size). Only ENOSPC ends the filling; any other error is raised."""
+    try:
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        return 0
     n = 0
-    with open(disk / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-                n += 65536
-        except OSError:
-            pass
+    chunk = b"\0" * 65536
+    try:
+        while True:
+            try:
+                w = os.write(fd, chunk)  # short when less than a chunk is left
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                break
+            if w == 0:
+                break
+            n += w
+    finally:
+        os.close(fd)
     return n
 
 
@@ -382,12 +414,21 @@ def test_disk_full_mid_experiment_on_a_tmpfs(tmp_path, record_property):
         before = completed_files(run_dir)
         victim = wait_for(lambda: measuring(run_dir), 60, "the next experiment to measure", run)
         time.sleep(max(0.0, victim["anchor_wall_s"] + victim["warmup_s"] + 0.5 - time.time()))
+        # the disk fills now, in the victim's window, and not before: the runner had room
+        room = free_bytes(disk)
+        assert room >= DISK_BYTES // 2, (
+            f"only {room} bytes of the {DISK_BYTES}-byte tmpfs free before the fill: the run "
+            "directory outgrew it (make DISK_BYTES larger)")
+        now = read_manifest(run_dir / victim["experiment_id"] / "manifest.json") or {}
+        assert now.get("status") == "running", f"the victim is not measuring any more: {now}"
         filled = fill(disk)
         record_property("injected", 1)
+        record_property("filled_bytes", filled)
+        # the filler took the room there was (less what the runner wrote meanwhile): full
+        assert filled >= room - 256 * 1024, (filled, room)
         out = run.finish()
         orphans = run.survivors()
         assert run.proc.returncode == 2, out
-        assert filled > 0
         flat = " ".join(out.split())
         assert "error: campaign stopped after " + victim["experiment_id"] in flat, out
         assert "disk full: [Errno 28] No space left on device: " in flat, out
