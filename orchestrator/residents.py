@@ -86,23 +86,40 @@ class ResidentSet:
             return
         from concurrent.futures import ThreadPoolExecutor
 
+        from servers.launch import wait_tenant
+
         self.on_event(f"starting {', '.join(t.name for t in together)} together (each has a "
                       "fixed KV cache or none)")
-        with ThreadPoolExecutor(len(together)) as pool:
-            futures = [pool.submit(self._start_one, t, t.port) for t in together]
+        # spawned here, in this thread: a server's parent-death signal follows the thread
+        # that forked it, so only the waiting for /health goes to the pool's threads
+        launched: list[tuple[TenantSpecT, Any, float, Path]] = []
+        try:
+            for t in together:
+                launched.append(self._launch(t, t.port))
+        except BaseException:
+            for _, r, _, _ in launched:
+                r.process.stop()
+            raise
+        with ThreadPoolExecutor(len(launched)) as pool:
+            futures = [pool.submit(wait_tenant, r) for _, r, _, _ in launched]
             errors = [f.exception() for f in futures]
         first = next((e for e in errors if e is not None), None)
+        for (t, r, t0, log_path), e in zip(launched, errors, strict=True):
+            if e is None:
+                self._started(t, r, t0, log_path)
+            else:
+                r.process.stop()
         if first is not None:
             raise first
 
-    def _start_one(self, t: TenantSpecT, port: int | None) -> Any:
-        from servers.launch import read_kv_cache_info, start_tenant
-        from servers.vllm import cpu_attention_for
+    def _launch(self, t: TenantSpecT, port: int | None) -> tuple[TenantSpecT, Any, float, Path]:
+        """Spawn ``t``'s server (not yet healthy): (tenant, RunningTenant, start, log path)."""
+        from servers.launch import launch_tenant
 
         log_path = self._log_path(t.name)
         self.on_event(f"starting {t.name} ({t.kind}, {t.model}, share {self.plan.share(t.name):.2f})")
         t0 = time.monotonic()
-        running = start_tenant(
+        running = launch_tenant(
             t,
             share=self.plan.share(t.name),
             port=port,
@@ -111,6 +128,24 @@ class ResidentSet:
             extra_env=self.env_for(t.name),
             backend=self.plan.backend,
         )
+        return t, running, t0, log_path
+
+    def _start_one(self, t: TenantSpecT, port: int | None) -> Any:
+        from servers.launch import wait_tenant
+
+        _, running, t0, log_path = self._launch(t, port)
+        try:
+            wait_tenant(running)
+        except BaseException:
+            running.process.stop()
+            raise
+        return self._started(t, running, t0, log_path)
+
+    def _started(self, t: TenantSpecT, running: Any, t0: float, log_path: Path) -> Any:
+        """Record a healthy server: running, its port, its start time, its KV cache."""
+        from servers.launch import read_kv_cache_info
+        from servers.vllm import cpu_attention_for
+
         self.running[t.name] = running
         self.ports[t.name] = running.port
         secs = time.monotonic() - t0

@@ -21,18 +21,28 @@ def _plan(backend: str, order: list[str]) -> SimpleNamespace:
 
 @pytest.fixture
 def starts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, float]]:
-    """Fake server starts that take 0.3 s each and record (tenant, began, ended)."""
+    """Fake server starts: a spawn that must happen in the main thread (a server's
+    parent-death signal follows the thread that forked it: a server spawned from a pool
+    thread is killed when that thread ends), then 0.3 s to become healthy; records
+    (tenant, began, ended)."""
     log: list[tuple[str, float, float]] = []
     lock = threading.Lock()
 
-    def start_tenant(t, **kw):  # type: ignore[no-untyped-def]
+    def launch_tenant(t, **kw):  # type: ignore[no-untyped-def]
+        assert threading.current_thread() is threading.main_thread(), "spawned off the main thread"
+        stopped = []
+        return SimpleNamespace(name=t.name, port=8000, resolved=None, base_url="http://x",
+                               process=SimpleNamespace(stop=lambda: stopped.append(1)))
+
+    def wait_tenant(r):  # type: ignore[no-untyped-def]
         t0 = time.monotonic()
         time.sleep(0.3)
         with lock:
-            log.append((t.name, t0, time.monotonic()))
-        return SimpleNamespace(port=8000, resolved=None, base_url="http://x")
+            log.append((r.name, t0, time.monotonic()))
+        return r
 
-    monkeypatch.setattr(servers.launch, "start_tenant", start_tenant)
+    monkeypatch.setattr(servers.launch, "launch_tenant", launch_tenant)
+    monkeypatch.setattr(servers.launch, "wait_tenant", wait_tenant)
     monkeypatch.setattr(servers.launch, "read_kv_cache_info", lambda r: {})
     monkeypatch.setattr(servers.vllm, "cpu_attention_for", lambda *a: None)
     return log

@@ -2,7 +2,8 @@
 # The H200 runs of issue 18, as a job detached from the device calls (each call lays the tree
 # afresh and ends after at most 10 minutes): run from the project root on the GPU machine,
 # after the kit's `device.sh ... install` (../shared/gpu/README.md).
-#   bash docs/results/h200-2026-12-02/device-job.sh start   copy the tree to /root/cotenant, start
+#   bash docs/results/h200-2026-12-02/device-job.sh start [mps]  copy the tree to /root/cotenant,
+#                                        start the time-sliced campaign (or the MPS capacity)
 #   bash docs/results/h200-2026-12-02/device-job.sh poll S  wait up to S seconds, print progress
 #   bash docs/results/h200-2026-12-02/device-job.sh pack    each run directory as $OUT/<name>.tar.xz
 set -u
@@ -12,14 +13,17 @@ export PYTHONPATH=/root/site:/root/cotenant PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 
 RUNS=/root/runs
 case ${1:-} in
   start)
-    rm -rf /root/cotenant && mkdir -p /root/cotenant $RUNS
+    rm -rf /root/cotenant $RUNS/DONE && mkdir -p /root/cotenant $RUNS
     tar --exclude=./.gpu --exclude=./.venv -cf - . | tar -xf - -C /root/cotenant
     cd /root/cotenant || exit 1
     setsid nohup bash -c '
-      python3 -m orchestrator run examples/h200-capacity-pair.yaml --out '$RUNS' > '$RUNS'/timeslice.log 2>&1
-      echo "timeslice exit $?" >> '$RUNS'/STATUS
-      python3 -m orchestrator capacity examples/h200-capacity-pair.yaml --sharing mps --out '$RUNS' > '$RUNS'/mps.log 2>&1
-      echo "mps exit $?" >> '$RUNS'/STATUS
+      if [ "'${2:-timeslice}'" = mps ]; then
+        python3 -m orchestrator capacity examples/h200-capacity-pair.yaml --sharing mps --out '$RUNS' > '$RUNS'/mps.log 2>&1
+        echo "mps exit $?" >> '$RUNS'/STATUS
+      else
+        python3 -m orchestrator run examples/h200-capacity-pair.yaml --out '$RUNS' > '$RUNS'/timeslice.log 2>&1
+        echo "timeslice exit $?" >> '$RUNS'/STATUS
+      fi
       echo done >> '$RUNS'/DONE' > $RUNS/job.log 2>&1 < /dev/null &
     echo "started job $!"; sleep 5; nvidia-smi --query-gpu=name,memory.used --format=csv ;;
   poll)
