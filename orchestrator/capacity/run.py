@@ -32,6 +32,7 @@ from orchestrator.capacity.search import (
     Bracket,
     TenantCount,
     TenantVerdict,
+    failed_order,
     jsonable,
     judge_probe,
     knee_limits,
@@ -355,8 +356,7 @@ class CapacityRun:
             assert mix is not None
             solo = {t: tuple(self.result["tenants"][t]["bracket"]) for t in s.tenants}
             w_lo, w_hi = w_bracket(mix, (lo, hi), solo)
-            failing = sorted((t for t, v in verdicts.items() if v.decision != PASS),
-                             key=lambda t: verdicts[t].attainment or 0.0)
+            failing = failed_order(verdicts)
             self.result["sets"][s.key] = {
                 "tenants": list(s.tenants), "mix_index": s.mix_index, "mix": mix,
                 "scale": scale, "bracket": [lo, hi], "W": scale, "W_bracket": [w_lo, w_hi],

@@ -178,6 +178,14 @@ def judge_probe(attempts: Sequence[Attempt], tenants: Sequence[str], targets: Ma
     return REPEAT, out
 
 
+def failed_order(verdicts: Mapping[str, TenantVerdict]) -> list[str]:
+    """The tenants that did not pass a set's probe, the one that failed first first: a tenant
+    whose misses stopped an attempt early, then by attainment. (The stop drops every tenant's
+    unsent requests, so a co-tenant's attainment in that attempt may be lower than its own.)"""
+    return sorted((t for t, v in verdicts.items() if v.decision != PASS),
+                  key=lambda t: (verdicts[t].decided_by != BY_EARLY, verdicts[t].attainment or 0.0))
+
+
 # ---- mixes ----------------------------------------------------------------------------------------
 
 def ray_fractions(n: int, k: int, rays: int) -> list[float]:

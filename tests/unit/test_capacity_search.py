@@ -19,6 +19,7 @@ from orchestrator.capacity.search import (
     Bracket,
     TenantCount,
     clopper_pearson,
+    failed_order,
     judge_probe,
     judge_tenant,
     mix_rates,
@@ -116,6 +117,16 @@ def test_a_failed_attempt_adds_nothing_and_an_early_stop_fails_its_tenant() -> N
                     early_stop="a: 3 of its 30 window requests already missed the SLO")
     decision, v = judge_probe([failed, early], ("a",), {"a": 0.9}, 0.95, 3)
     assert decision == FAIL and v["a"].decided_by == BY_EARLY
+
+
+def test_the_tenant_that_stopped_a_set_probe_early_failed_first() -> None:
+    # b's misses stopped the attempt at a third of its window; a's unsent requests were
+    # dropped with it, so a's attainment is the lower one, yet b failed first
+    stopped = Attempt("r0", "completed", {"a": TenantCount(300, 90), "b": TenantCount(30, 10)},
+                      early_stop="b: 4 of its 30 window requests already missed the SLO")
+    decision, v = judge_probe([stopped], ("a", "b"), {"a": 0.9, "b": 0.9}, 0.95, 3)
+    assert decision == FAIL and v["a"].attainment < v["b"].attainment  # type: ignore[operator]
+    assert failed_order(v) == ["b", "a"]
 
 
 def test_mixes_lie_on_the_time_division_line_at_scale_one() -> None:
