@@ -265,8 +265,8 @@ def batch_limit_notes(spec: CampaignSpec, base: Any) -> list[BatchLimitNote]:
     """For each decoder tenant with a workload and each rate scale: the mean E2E at which the
     offered rate needs more requests in flight than ``max_num_seqs`` holds, beside the SLO's
     implied E2E bound (``cotenant plan`` warns where the budget is below it)."""
-    from orchestrator.warmup import mean_output_tokens
     from workloads.build import offered_rate
+    from workloads.shapes import mean_output_tokens
 
     notes = []
     for t in spec.tenants:

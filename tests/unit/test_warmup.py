@@ -12,6 +12,7 @@ import pytest
 from orchestrator import warmup as wu
 from orchestrator.spec import WarmupSettings, parse_spec
 from tests.stubs.timing import StubConfig, StubServer
+from workloads import shapes
 from workloads.replayer import Target
 from workloads.spec import EmpiricalLen, FixedLen, LognormalLen, NormalLen, UniformLen
 
@@ -38,33 +39,33 @@ POISSON = {"process": "poisson", "rate": 2}
 
 
 def test_the_longest_length_of_each_distribution() -> None:
-    assert wu.dist_high(FixedLen(value=40)) == 40
-    assert wu.dist_high(UniformLen(low=8, high=300)) == 300
+    assert shapes.dist_high(FixedLen(value=40)) == 40
+    assert shapes.dist_high(UniformLen(low=8, high=300)) == 300
     # the 99th percentile of a normal, and its bounds
-    assert wu.dist_high(NormalLen(mean=100, std=10)) == math.ceil(100 + 2.3263478740 * 10)
-    assert wu.dist_high(NormalLen(mean=100, std=10, high=110)) == 110
-    assert wu.dist_high(LognormalLen(median=50, sigma=0.5)) == math.ceil(50 * math.exp(2.3263478740 * 0.5))
-    assert wu.dist_high(LognormalLen(median=50, sigma=0.5, high=60)) == 60
+    assert shapes.dist_high(NormalLen(mean=100, std=10)) == math.ceil(100 + 2.3263478740 * 10)
+    assert shapes.dist_high(NormalLen(mean=100, std=10, high=110)) == 110
+    assert shapes.dist_high(LognormalLen(median=50, sigma=0.5)) == math.ceil(50 * math.exp(2.3263478740 * 0.5))
+    assert shapes.dist_high(LognormalLen(median=50, sigma=0.5, high=60)) == 60
     # the largest value of an empirical column, within its bounds
     emp = EmpiricalLen(path="azure_llm_2023_conv_head.csv", column="output_tokens")
     import polars as pl
 
     col = pl.read_csv(DATA / "azure_llm_2023_conv_head.csv")["GeneratedTokens"]
-    assert wu.dist_high(emp, DATA) == int(col.max())  # type: ignore[arg-type]
+    assert shapes.dist_high(emp, DATA) == int(col.max())  # type: ignore[arg-type]
     capped = EmpiricalLen(path="azure_llm_2023_conv_head.csv", column="output_tokens", high=5)
-    assert wu.dist_high(capped, DATA) == 5
+    assert shapes.dist_high(capped, DATA) == 5
 
 
 def test_the_mean_length_of_each_distribution() -> None:
-    assert wu.dist_mean(FixedLen(value=40)) == 40
-    assert wu.dist_mean(UniformLen(low=8, high=32)) == 20
-    assert wu.dist_mean(LognormalLen(median=50, sigma=0.5)) == pytest.approx(50 * math.exp(0.125), abs=1)
+    assert shapes.dist_mean(FixedLen(value=40)) == 40
+    assert shapes.dist_mean(UniformLen(low=8, high=32)) == 20
+    assert shapes.dist_mean(LognormalLen(median=50, sigma=0.5)) == pytest.approx(50 * math.exp(0.125), abs=1)
 
 
 def test_a_trace_workload_asks_its_transformed_lengths() -> None:
     spec = _spec(a={"kind": "trace", "path": str(DATA / "azure_llm_2023_conv_head.csv"),
                     "transforms": {"max_input_tokens": 200, "max_output_tokens": 24}})
-    big = wu.longest(spec.workloads["a"], DATA, "a")
+    big = shapes.longest(spec.workloads["a"], DATA, "a")
     assert big.input_tokens == 200 and big.output_tokens == 24 and big.batch_size == 1
 
 
