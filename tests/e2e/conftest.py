@@ -9,11 +9,21 @@ vLLM server. Fixtures:
                      once; ``add(spec, share)`` registers another tenant; everything is
                      stopped at the end of the session (and by ``stop_all`` on Ctrl-C).
 ``tiny_llama``       vLLM serving ``tiny-llama`` (name ``tiny-a``)        } started
-``tiny_llama_wide``  vLLM serving ``tiny-llama-wide`` (name ``tiny-b``)   } together
+``tiny_llama_wide``  vLLM serving ``tiny-llama-wide`` (name ``tiny-b``)   } together (with
+                                                                        } the encoder)
 ``encoder_tenant``   the encoder serving all-MiniLM-L6-v2 (name ``minilm``)
 ``resident_tenants`` {name: RunningTenant} of all three
 ``e2e_log_dir``      where the tenants' logs go (quoted when a start fails; set
                      COTENANT_KEEP_E2E_LOGS=DIR to keep a copy)
+``installed_cotenant`` a folder with cotenant's wheel installed in it (``pip install --target``;
+                     its ``bin/cotenant``); ``tests.e2e.session.installed_env(site)`` is the environment to run
+                     it with (that folder first on ``PYTHONPATH``): test_installed.py and
+                     test_live.py run it from folders outside the repository
+``small_campaign``   the run directory of one small real campaign (``SMALL_CAMPAIGN``: a tiny
+                     vLLM decoder and the encoder, alone and together, at two loads), run
+                     once with ``cotenant run`` (report included) and only read by the tests:
+                     test_campaign.py checks its files, test_predict.py its profiles,
+                     bottlenecks and scored predictions
 
 Each RunningTenant has ``base_url`` (no ``/v1``), ``served_name`` (the ``model`` field of
 requests), ``api`` (completions or embeddings), ``port`` and ``process`` (pid, alive()).
@@ -26,16 +36,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 
 from servers.launch import RunningTenant, launch_tenant, wait_tenant
 from servers.process import stop_all
 from servers.spec import EncoderTenant, VllmTenant
+from tests.e2e.session import SMALL_CAMPAIGN
 
 Tenant = VllmTenant | EncoderTenant
+REPO = Path(__file__).resolve().parents[2]
 
 DEFAULT_SHARE = 0.1
 
@@ -191,7 +206,10 @@ def tenant_pool(
 # become the next test's ConnectError; the restart is in the tenant's log).
 @pytest.fixture
 def vllm_pair(tenant_pool: TenantPool) -> dict[str, RunningTenant]:
-    return tenant_pool.get_many(["tiny-a", "tiny-b"])
+    # the encoder too: it loads in the ~30 s the decoders take, where the tests that use both
+    # would otherwise wait for it after them
+    running = tenant_pool.get_many(["tiny-a", "tiny-b", "minilm"])
+    return {n: running[n] for n in ("tiny-a", "tiny-b")}
 
 
 @pytest.fixture
@@ -213,6 +231,41 @@ def encoder_tenant(tenant_pool: TenantPool) -> RunningTenant:
 def resident_tenants(tenant_pool: TenantPool) -> dict[str, RunningTenant]:
     """All three default tenants, started together (the encoder loads while vLLM starts)."""
     return tenant_pool.get_many(["tiny-a", "tiny-b", "minilm"])
+
+
+@pytest.fixture(scope="session")
+def installed_cotenant(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cotenant built as a wheel and installed into a folder of its own (no dependencies:
+    they come from this interpreter's site-packages)."""
+    site = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(build), str(REPO)],
+        check=True, cwd=build, capture_output=True, timeout=300,
+    )
+    wheel = next(build.glob("cotenant-*.whl"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+         str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )
+    return site
+
+
+@pytest.fixture(scope="session")
+def small_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``SMALL_CAMPAIGN`` run once for the session; its run directory (do not write to it)."""
+    pytest.importorskip("vllm")
+    tmp = tmp_path_factory.mktemp("small-campaign")
+    spec = tmp / "small.yaml"
+    spec.write_text(yaml.safe_dump(SMALL_CAMPAIGN))
+    res = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(spec), "--out", str(tmp / "runs")],
+        cwd=REPO, text=True, capture_output=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return tmp / "runs" / "small"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

