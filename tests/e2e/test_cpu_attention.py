@@ -12,6 +12,7 @@ On an AMX CPU the fake changes nothing and the first test still crashes: the rea
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,12 +29,12 @@ AMX = frozenset({"amx_tile", "amx_bf16", "avx512f"})
 MiB = 1 << 20
 
 
-def start(tmp_path: Path, tag: str, *, guarded: bool) -> ServerProcess:
-    pytest.importorskip("vllm")
+def launch(tmp_path: Path, tag: str, *, guarded: bool) -> ServerProcess:
+    """Start (not wait for) the tiny Llama as vLLM would run on an AMX CPU, under the fake."""
     t = VllmTenant(name="t", model="tiny-llama", enforce_eager=True, max_model_len=512,
                    max_num_seqs=8, kv_cache_memory_bytes=64 * MiB)
     port = free_port()
-    argv, env = vllm_argv_env(t, resolve_model(t), 0.1, port, tmp_path / "cache",
+    argv, env = vllm_argv_env(t, resolve_model(t), 0.1, port, tmp_path / tag / "cache",
                               backend="cpu", cpu_flags=AMX)
     assert argv[1:3] == ["-m", "servers.cpu_attention"]  # what cotenant runs on an AMX CPU
     inner = argv[3:] if not guarded else argv[2:]
@@ -43,8 +44,25 @@ def start(tmp_path: Path, tag: str, *, guarded: bool) -> ServerProcess:
     proc = ServerProcess(tag, argv, log_path=tmp_path / f"{tag}.log", env=env, cwd=str(REPO_ROOT),
                          health_url=f"http://127.0.0.1:{port}/health", port=port)
     proc.start()
-    proc.wait_healthy(timeout_s=300)
     return proc
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+    """Both servers, the unguarded ("amx") and the guarded one, started together (a vLLM start
+    is ~30 s here, mostly imports: the two overlap) and stopped at the end of the module."""
+    pytest.importorskip("vllm")
+    tmp = tmp_path_factory.mktemp("cpu-attention")
+    procs: dict[str, ServerProcess] = {}
+    try:
+        for tag, guarded in (("amx", False), ("guarded", True)):
+            procs[tag] = launch(tmp, tag, guarded=guarded)
+        for proc in procs.values():
+            proc.wait_healthy(timeout_s=300)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
 
 
 def complete(proc: ServerProcess, prompt: str | list[int]) -> httpx.Response:
@@ -53,8 +71,8 @@ def complete(proc: ServerProcess, prompt: str | list[int]) -> httpx.Response:
                       json={"model": "t", "prompt": prompt, "max_tokens": 8, "ignore_eos": True})
 
 
-def test_the_amx_attention_path_dies_on_a_short_prompt(tmp_path: Path) -> None:
-    proc = start(tmp_path, "amx", guarded=False)
+def test_the_amx_attention_path_dies_on_a_short_prompt(servers: dict[str, ServerProcess]) -> None:
+    proc = servers["amx"]
     try:
         try:
             r = complete(proc, "hello")
@@ -68,8 +86,10 @@ def test_the_amx_attention_path_dies_on_a_short_prompt(tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_the_guard_serves_short_prompts_on_the_same_path_choice(tmp_path: Path) -> None:
-    proc = start(tmp_path, "guarded", guarded=True)
+def test_the_guard_serves_short_prompts_on_the_same_path_choice(
+    servers: dict[str, ServerProcess],
+) -> None:
+    proc = servers["guarded"]
     try:
         for prompt in ("hello", [5], [1, 2, 3, 4], list(range(10, 18)), "a b c d e f g h"):
             r = complete(proc, prompt)

