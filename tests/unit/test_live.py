@@ -174,7 +174,7 @@ def test_restart_tenant_stops_and_starts_one_on_its_port(tmp_path: Path,
     started: list[tuple[str, int | None, str]] = []
     stopped: list[str] = []
 
-    def fake_start(t: Any, *, share: float, port: int | None, log_path: Path, **kw: Any) -> Any:
+    def fake_launch(t: Any, *, share: float, port: int | None, log_path: Path, **kw: Any) -> Any:
         port = port or 40000 + len(started)
         started.append((t.name, port, Path(log_path).name))
         proc = SimpleNamespace(stop=lambda: stopped.append(t.name), pid=len(started),
@@ -182,7 +182,10 @@ def test_restart_tenant_stops_and_starts_one_on_its_port(tmp_path: Path,
         return SimpleNamespace(port=port, base_url=f"http://127.0.0.1:{port}", process=proc,
                                resolved=None)
 
-    monkeypatch.setattr(servers.launch, "start_tenant", fake_start)
+    # ResidentSet spawns with launch_tenant and waits with wait_tenant (since 5f9f6f0; the fake
+    # start_tenant this test had was no longer called: it started real encoders, 13 s)
+    monkeypatch.setattr(servers.launch, "launch_tenant", fake_launch)
+    monkeypatch.setattr(servers.launch, "wait_tenant", lambda r, **kw: r)
     a = EncoderTenant(name="a", model="all-minilm-l6-v2")
     b = EncoderTenant(name="b", model="all-minilm-l6-v2", port=41000)
     plan = MemoryPlan("cpu", 8 << 30, 0, [
