@@ -49,6 +49,7 @@ from rundir.envelope import (
     versions,
     write_campaign,
 )
+from rundir.io import sweep_temporaries
 
 
 @dataclass
@@ -97,6 +98,8 @@ def prepare_run_dir(out_root: Path, spec: CampaignSpec, *, resume: bool, overwri
             "(or use --overwrite, or a different name)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    if existing:  # a run killed mid-write (SIGKILL) left the temporary file of that write
+        sweep_temporaries(run_dir)
     return run_dir
 
 

@@ -79,6 +79,19 @@ def _replacing(path: Path) -> Iterator[str]:
         raise named from e
 
 
+def sweep_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary files that writes killed mid-way (SIGKILL, a crash) left in
+    ``run_dir`` and its experiment folders (``.<name>.<random>.tmp``, never a result: the
+    result they were to replace is whole); returns what was removed."""
+    root = Path(run_dir)
+    gone = []
+    for p in [*root.glob(".*.tmp"), *root.glob("*/.*.tmp")]:
+        with contextlib.suppress(OSError):
+            p.unlink()
+            gone.append(p)
+    return gone
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
     An error (a full disk: ENOSPC) leaves ``path`` as it was and no temporary file; it is

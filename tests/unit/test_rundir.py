@@ -290,6 +290,18 @@ def _rows(exp_dir: Path, n: int, torn: bool = True) -> None:
             f.write('{"request_id": 9')
 
 
+def test_a_resume_sweeps_the_temporaries_of_writes_killed_mid_way(tmp_path: Path) -> None:
+    from rundir.io import sweep_temporaries
+
+    (tmp_path / "e1").mkdir()
+    left = [tmp_path / ".capacity.json.8nmaypk4.tmp", tmp_path / "e1" / ".manifest.json.x1.tmp"]
+    keep = [tmp_path / "capacity.json", tmp_path / "e1" / "manifest.json", tmp_path / "notes.tmp"]
+    for p in left + keep:
+        p.write_text("{}")
+    assert sorted(sweep_temporaries(tmp_path)) == sorted(left)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in left)
+
+
 def test_salvage_compacts_what_was_measured(tmp_path: Path) -> None:
     _rows(tmp_path, 3)
     df, err = salvage_requests(tmp_path)
