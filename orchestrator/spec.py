@@ -112,7 +112,7 @@ class WarmupSettings(_Strict):
 
 class IdleSettings(_Strict):
     """The idle gate before each experiment: nothing running or waiting in any resident tenant,
-    and the GPU near idle (``orchestrator.experiment.wait_idle``)."""
+    and the GPU near idle (``orchestrator.idle.wait_idle``)."""
 
     deadline_s: Annotated[
         float, Field(ge=0, description="Wait at most this long; then the experiment runs anyway, "

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from orchestrator.experiment import busy_reading, wait_idle
+from orchestrator.idle import busy_reading, wait_idle
 from orchestrator.spec import IdleSettings
 from orchestrator.telemetry.scrape import parse_metrics
 
@@ -180,7 +180,7 @@ def test_the_gpu_must_fall_below_its_threshold(readings: list[float | None], idl
 
 
 def test_the_nvml_reader_says_none_where_nvml_cannot() -> None:
-    from orchestrator.experiment import _nvml_utilization
+    from orchestrator.idle import _nvml_utilization
 
     class Error(Exception):
         pass
