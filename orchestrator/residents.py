@@ -131,15 +131,29 @@ class ResidentSet:
         return t, running, t0, log_path
 
     def _start_one(self, t: TenantSpecT, port: int | None) -> Any:
+        """Start ``t`` and wait until it is healthy. A port cotenant picked (the spec gave
+        none) that another process took between the pick and the server's bind is picked
+        again, twice at most; a port the spec names is the spec's to fix."""
+        from servers.errors import PortInUseError
         from servers.launch import wait_tenant
 
-        _, running, t0, log_path = self._launch(t, port)
-        try:
-            wait_tenant(running)
-        except BaseException:
-            running.process.stop()
-            raise
-        return self._started(t, running, t0, log_path)
+        for attempt in range(3):
+            _, running, t0, log_path = self._launch(t, port)
+            try:
+                wait_tenant(running)
+            except PortInUseError:
+                running.process.stop()
+                if t.port is not None or attempt == 2:
+                    raise
+                self.on_event(f"{t.name}: port {running.port} was taken before the server "
+                              "bound it; picking another")
+                port = None
+                continue
+            except BaseException:
+                running.process.stop()
+                raise
+            return self._started(t, running, t0, log_path)
+        raise AssertionError("unreachable")
 
     def _started(self, t: TenantSpecT, running: Any, t0: float, log_path: Path) -> Any:
         """Record a healthy server: running, its port, its start time, its KV cache."""

@@ -73,3 +73,28 @@ def test_on_the_cpu_every_tenant_starts_alone(tmp_path: Path, starts) -> None:
     rs.start()
     assert [s[0] for s in starts] == ["sized", "fixed", "enc"]
     assert not _overlap(starts, "fixed", "enc")
+
+
+def test_a_picked_port_taken_before_the_bind_is_picked_again(tmp_path: Path, starts,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from servers.errors import PortInUseError
+
+    real_wait = servers.launch.wait_tenant
+    taken = {"enc": 1, "fixed": 5}  # how many starts find their port taken
+
+    def wait_tenant(r):  # type: ignore[no-untyped-def]
+        if taken.get(r.name, 0) > 0:
+            taken[r.name] -= 1
+            raise PortInUseError(f"tenant {r.name}: port 8000 is already in use")
+        return real_wait(r)
+
+    monkeypatch.setattr(servers.launch, "wait_tenant", wait_tenant)
+    enc = EncoderTenant(name="enc", model="all-minilm-l6-v2")
+    rs = ResidentSet([enc], _plan("cpu", ["enc"]), tmp_path, tmp_path)  # type: ignore[arg-type]
+    rs.start()
+    assert "enc" in rs.running and taken["enc"] == 0
+    # a port the spec names is not changed behind its back; three picks at most
+    named = EncoderTenant(name="fixed", model="all-minilm-l6-v2", port=8123)
+    with pytest.raises(PortInUseError):
+        ResidentSet([named], _plan("cpu", ["fixed"]), tmp_path, tmp_path).start()  # type: ignore[arg-type]
+    assert taken["fixed"] == 4
