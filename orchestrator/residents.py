@@ -131,29 +131,16 @@ class ResidentSet:
         return t, running, t0, log_path
 
     def _start_one(self, t: TenantSpecT, port: int | None) -> Any:
-        """Start ``t`` and wait until it is healthy. A port cotenant picked (the spec gave
-        none) that another process took between the pick and the server's bind is picked
-        again, twice at most; a port the spec names is the spec's to fix."""
-        from servers.errors import PortInUseError
-        from servers.launch import wait_tenant
+        """Start ``t`` and wait until it is healthy (``servers.launch.start_tenant``)."""
+        from servers.launch import start_tenant
 
-        for attempt in range(3):
-            _, running, t0, log_path = self._launch(t, port)
-            try:
-                wait_tenant(running)
-            except PortInUseError:
-                running.process.stop()
-                if t.port is not None or attempt == 2:
-                    raise
-                self.on_event(f"{t.name}: port {running.port} was taken before the server "
-                              "bound it; picking another")
-                port = None
-                continue
-            except BaseException:
-                running.process.stop()
-                raise
-            return self._started(t, running, t0, log_path)
-        raise AssertionError("unreachable")
+        log_path = self._log_path(t.name)
+        self.on_event(f"starting {t.name} ({t.kind}, {t.model}, share {self.plan.share(t.name):.2f})")
+        t0 = time.monotonic()
+        running = start_tenant(t, share=self.plan.share(t.name), port=port, log_path=log_path,
+                               cache_root=self.cache_root, extra_env=self.env_for(t.name),
+                               backend=self.plan.backend, on_event=self.on_event)
+        return self._started(t, running, t0, log_path)
 
     def _started(self, t: TenantSpecT, running: Any, t0: float, log_path: Path) -> Any:
         """Record a healthy server: running, its port, its start time, its KV cache."""

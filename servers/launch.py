@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +19,7 @@ from typing import Any, Literal
 import httpx
 
 from servers.env import REPO_ROOT, base_env, share_arg
-from servers.errors import ServerError
+from servers.errors import PortInUseError, ServerError
 from servers.presets import ResolvedModel, resolve_model
 from servers.process import ServerProcess, free_port, read_tail
 from servers.spec import EncoderTenant, VllmTenant
@@ -191,6 +191,9 @@ def wait_tenant(running: RunningTenant, *, deadline: float | None = None) -> Run
     return running
 
 
+PORT_PICKS = 3  # a port cotenant picks is picked again when taken before the bind
+
+
 def start_tenant(
     tenant: Tenant,
     *,
@@ -201,25 +204,39 @@ def start_tenant(
     extra_env: Mapping[str, str] | None = None,
     resolved: ResolvedModel | None = None,
     backend: Backend | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> RunningTenant:
     """Resolve the model, start the server on ``port`` (the spec's, else a free one) and
     wait until ``/health`` answers. Raises PortInUseError, ServerStartError (with the log
-    tail) or PresetError; on any failure nothing is left running."""
-    running = launch_tenant(
-        tenant,
-        share=share,
-        log_path=log_path,
-        cache_root=cache_root,
-        port=port,
-        extra_env=extra_env,
-        resolved=resolved,
-        backend=backend,
-    )
-    try:
-        return wait_tenant(running)
-    except BaseException:
-        running.process.stop()
-        raise
+    tail) or PresetError; on any failure nothing is left running. Where the spec names no
+    port, one that another process took between its pick and the server's bind is picked
+    again (``PORT_PICKS`` in all; ``on_event`` hears of it); a spec's own port is the spec's
+    to fix."""
+    for pick in range(PORT_PICKS):
+        running = launch_tenant(
+            tenant,
+            share=share,
+            log_path=log_path,
+            cache_root=cache_root,
+            port=port,
+            extra_env=extra_env,
+            resolved=resolved,
+            backend=backend,
+        )
+        try:
+            return wait_tenant(running)
+        except PortInUseError:
+            running.process.stop()
+            if tenant.port is not None or pick == PORT_PICKS - 1:
+                raise
+            if on_event is not None:
+                on_event(f"{tenant.name}: port {running.port} was taken before the server "
+                         "bound it; picking another")
+            port = None
+        except BaseException:
+            running.process.stop()
+            raise
+    raise AssertionError("unreachable: the last pick returns or raises")
 
 
 def dead_tenants(tenants: Sequence[RunningTenant]) -> dict[str, str]:
