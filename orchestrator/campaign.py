@@ -54,7 +54,7 @@ class Experiment:
         return spec.experiment.duration_s if self.window_s is None else self.window_s
 
     def tenant_seed(self, tenant: str) -> int:
-        return _seed(self.seed, tenant)
+        return derived_seed(self.seed, tenant)
 
     def rate_of(self, tenant: str, base_rps: float) -> float:
         """``tenant``'s offered req/s: the probe's rate, else ``rate_scale x base_rps``."""
@@ -126,7 +126,8 @@ def experiment_id(spec: CampaignSpec, resident: tuple[str, ...], active: tuple[s
     return ExperimentId.of(active, resident, spec.tenant_names, rate_scale, rep).format()
 
 
-def _seed(*parts: object) -> int:
+def derived_seed(*parts: object) -> int:
+    """A 32-bit seed derived from ``parts`` (stable across runs and machines)."""
     h = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:4], "big")
 
@@ -194,14 +195,14 @@ def _plan_groups(spec: CampaignSpec, order_seed: int, reps: range, *, chunks: in
                  for scale in spec.experiment.rate_scales]
         for k, rep in enumerate(reps):
             block = list(cells)
-            random.Random(_seed(order_seed, "order", "+".join(resident), rep)).shuffle(block)
+            random.Random(derived_seed(order_seed, "order", "+".join(resident), rep)).shuffle(block)
             chunk = chunk0 + chunk_of(k, len(reps), chunks)
             for active, scale in block:
                 eid = experiment_id(spec, resident, active, scale, rep)
                 group.experiments.append(Experiment(
                     id=eid, resident=resident, active=active, repetition=rep, rate_scale=scale,
-                    seed=_seed(order_seed, "trace", scale, rep),
-                    prompt_seed=_seed(order_seed, "prompt", eid),
+                    seed=derived_seed(order_seed, "trace", scale, rep),
+                    prompt_seed=derived_seed(order_seed, "prompt", eid),
                     order_seed=order_seed, chunk=chunk,
                 ))
     return list(groups.values())

@@ -17,13 +17,12 @@ at one scale end that search (with the reason), not the campaign.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestrator.campaign import Experiment
+from orchestrator.campaign import Experiment, derived_seed
 from orchestrator.capacity.search import (
     FAILED,
     PASS,
@@ -96,15 +95,11 @@ def plan_searches(spec: CampaignSpec) -> list[SearchPlan]:
     return out
 
 
-def _seed(*parts: object) -> int:
-    h = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(h[:4], "big")
-
-
 class CapacityRun:
     """Every search of ``spec.capacity`` in one run directory, one probe after another.
     ``on_probe(experiment_id)`` is called before each probe runs (campaign.json lists it);
-    ``display``, if given, gets ``goal`` (the bracket as it narrows) and ``probe_done()``."""
+    ``on_done(outcome)`` after each probe that ran; ``display``, if given, gets ``goal`` (the
+    bracket as it narrows)."""
 
     def __init__(self, ctx: GroupContext, order_seed: int, *, log: Callable[[str], None],
                  on_probe: Callable[[str], None], on_done: Callable[[ExperimentOutcome], None],
@@ -121,7 +116,8 @@ class CapacityRun:
         self.residents: ResidentSet | None = None
         self.resident: tuple[str, ...] | None = None
         self.server: ServerStart | None = None
-        self.stack = ExitStack()
+        self.stack = ExitStack()  # the resident set's servers (and MPS daemon) while it runs
+        self.spec_json = self.spec.model_dump(mode="json")  # what _read's one-probe RunDir needs
 
     # ---- the whole run ----------------------------------------------------------------------
 
@@ -130,7 +126,7 @@ class CapacityRun:
 
         for t in searched_alone(self.spec):
             self.base_rps[t] = offered_rate(self.spec.workloads[t], 1.0, base_dir=self.ctx.base)
-        with ExitStack() as self.stack:
+        with self.stack:
             for s in plan_searches(self.spec):
                 self._one_search(s)
         return self.result
@@ -260,7 +256,8 @@ class CapacityRun:
         return Experiment(
             window_s=None if window == x.duration_s else float(f"{window:.4g}"),
             id=eid, resident=s.resident, active=s.tenants, repetition=attempt, rate_scale=scale,
-            seed=_seed(self.order_seed, "probe", eid), prompt_seed=_seed(self.order_seed, "prompt", eid),
+            seed=derived_seed(self.order_seed, "probe", eid),
+            prompt_seed=derived_seed(self.order_seed, "prompt", eid),
             order_seed=self.order_seed, rates=tuple(rates.items()),
             probe={"search": s.key, "kind": s.kind, "mix_index": s.mix_index, "scale": scale,
                    "rates": rates, "attempt": attempt, "index": index})
@@ -301,7 +298,7 @@ class CapacityRun:
             return Attempt(exp.id, status if status != "completed" else "failed", {},
                            reason=m.get("reason") or "requests.parquet is missing")
         rec = ExperimentRecord(exp.id, exp_dir, m, "completed", None)
-        run = RunDir(self.ctx.run_dir, {"spec": self.spec.model_dump(mode="json")}, [rec])
+        run = RunDir(self.ctx.run_dir, {"spec": self.spec_json}, [rec])
         table, dev = experiment_table(run)
         device = dev.row(0, named=True) if dev.height else {}
         counts = {}
