@@ -71,7 +71,8 @@ def load_fractions(row: Mapping[str, Any], kind: str, max_num_seqs: int | None) 
         put(L.BATCH_LIMIT, "requests_running_mean",
             L.BATCH_FRAC * max_num_seqs if max_num_seqs else None)
         put(L.KV_CACHE, "kv_cache_usage_mean", L.KV_FRAC)
-        put(L.ENGINE_CPU, "proc_cpu_mean_pct", L.ENGINE_CORES, 0.01)
+        if L.judges_engine_cpu(row, kind):
+            put(L.ENGINE_CPU, "proc_cpu_mean_pct", L.ENGINE_CORES, 0.01)
     put(L.GPU_BUSY, "gpu_util_mean_pct", L.GPU_BUSY_PCT)
     put(L.MEMORY_BANDWIDTH, "gpm_dram_bw_util_mean_pct", L.DRAM_PCT)
     put(L.HOST_CPU, "host_cpu_mean_pct", L.HOST_CPU_PCT)

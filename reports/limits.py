@@ -11,13 +11,17 @@ is at or past the threshold. "Nothing saturated" is a valid reading (an empty li
 | ``KV cache`` | vLLM KV cache use (scraped) | >= 90% |
 | ``GPU busy`` | NVML GPU utilization (the share of time a kernel ran) | >= 95% |
 | ``memory bandwidth`` | GPM DRAM bandwidth utilization | >= 80% |
-| ``engine CPU`` | the tenant's process tree CPU, in cores (a vLLM engine core is one busy host thread) | >= 0.9 core |
+| ``engine CPU`` | the tenant's process tree CPU, in cores (a vLLM engine core is one busy host thread); CPU backend only | >= 0.9 core |
 | ``host CPU`` | the whole host's CPU (every core) | >= 90% |
 | ``client`` | the replayer's dispatch lag, p99 (it could not send on time) | >= 50 ms |
 
-The engine-CPU reading applies to vLLM tenants (the encoder's batcher is not one thread:
-on the CPU it uses every core it is given, which ``host CPU`` reads). Figures that were
-not measured (no GPU, no GPM, no /metrics) never bind.
+The engine-CPU reading applies to vLLM tenants on the CPU backend (the encoder's batcher is
+not one thread: on the CPU it uses every core it is given, which ``host CPU`` reads). On a
+GPU it is not judged: CUDA synchronisation spins the engine's host thread (the default
+schedule when there are fewer contexts than cores), and the API server is a busy process of
+its own, so the tree reads 1.5-2 cores at every load (measured on an H200, issue 18) whether
+or not the host thread is what limits. Figures that were not measured (no GPU, no GPM, no
+/metrics) never bind.
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ def _num(row: Mapping[str, Any], key: str) -> float | None:
     return None if f != f else f  # NaN: not measured
 
 
+def judges_engine_cpu(row: Mapping[str, Any], kind: str) -> bool:
+    """Whether the engine-CPU limit is read for this tenant: a vLLM tenant with no GPU figure
+    in ``row`` (the module doc says why not on a GPU)."""
+    return kind == "vllm" and _num(row, "gpu_util_mean_pct") is None
+
+
 def binding_limits(row: Mapping[str, Any], *, kind: str = "vllm",
                    max_num_seqs: int | None = None) -> list[str]:
     """The limits that bind in one experiment for one tenant, in the order of ``LIMITS``.
@@ -80,7 +90,7 @@ def binding_limits(row: Mapping[str, Any], *, kind: str = "vllm",
     if dram is not None and dram >= DRAM_PCT:
         out.append(MEMORY_BANDWIDTH)
     cpu = _num(row, "proc_cpu_mean_pct")
-    if kind == "vllm" and cpu is not None and cpu / 100.0 >= ENGINE_CORES:
+    if judges_engine_cpu(row, kind) and cpu is not None and cpu / 100.0 >= ENGINE_CORES:
         out.append(ENGINE_CPU)
     host = _num(row, "host_cpu_mean_pct")
     if host is not None and host >= HOST_CPU_PCT:

@@ -36,14 +36,15 @@ def test_each_rung_names_what_binds_or_nothing() -> None:
          "gpu_util_mean_pct": 80.0, "sm_clock_mean_mhz": 1980.0},
     ])
     rows = bottleneck_rows(p)
+    # a GPU tenant: its engine's CPU (0.97 core at the top rung) is not judged
     assert [r["binding"] for r in rows] == ["nothing saturated", "nothing saturated",
-                                           "batch limit and engine CPU"]
-    assert rows[0]["nearest"] == L.GPU_BUSY  # 30/95 beats 0.2/0.9 and 1/15.2
+                                           "batch limit"]
+    assert rows[0]["nearest"] == L.GPU_BUSY  # 30/95 beats 1/15.2
     assert rows[0]["rising"] is None
     # the batch limit rose most from the lowest rung: 1 -> 15.5 of 15.2 running
     assert rows[2]["rising"] == L.BATCH_LIMIT
     assert rows[2]["rising_to"] == pytest.approx(15.5 / (0.95 * 16))
-    assert "engine CPU 0.97 core (binds at 0.9)" in rows[2]["reading"]
+    assert "engine CPU" not in rows[2]["reading"]
     # a lightly loaded GPU lowers its clocks: 1500 MHz is 24% under the busiest rung's
     assert rows[0]["clock_flag"] and not rows[1]["clock_flag"] and not rows[2]["clock_flag"]
     assert "SM clock 1,500 MHz" in rows[0]["reading"]
@@ -55,8 +56,9 @@ def test_load_fractions_follow_the_thresholds_of_limits() -> None:
            "proc_cpu_mean_pct": 45.0, "host_cpu_mean_pct": 90.0, "send_delay_p99_s": 0.1}
     f = load_fractions(row, "vllm", 64)
     assert f == pytest.approx({L.BATCH_LIMIT: 1.0, L.KV_CACHE: 0.5, L.GPU_BUSY: 1.0,
-                               L.MEMORY_BANDWIDTH: 0.5, L.ENGINE_CPU: 0.5, L.HOST_CPU: 1.0,
-                               L.CLIENT: 2.0})
+                               L.MEMORY_BANDWIDTH: 0.5, L.HOST_CPU: 1.0, L.CLIENT: 2.0})
+    no_gpu = {k: v for k, v in row.items() if not k.startswith(("gpu_", "gpm_"))}
+    assert load_fractions(no_gpu, "vllm", 64)[L.ENGINE_CPU] == pytest.approx(0.5)
     assert set(load_fractions(row, "encoder", 64)) == {L.GPU_BUSY, L.MEMORY_BANDWIDTH,
                                                        L.HOST_CPU, L.CLIENT}
     assert load_fractions({"gpu_util_mean_pct": float("nan")}, "vllm", None) == {}

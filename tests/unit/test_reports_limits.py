@@ -32,10 +32,15 @@ def test_each_limit_at_its_threshold_and_just_below() -> None:
         "host_cpu_mean_pct": 90.0,
         "send_delay_p99_s": 0.050,
     }
+    # on a GPU the engine's CPU is not judged (CUDA synchronisation spins its host thread)
     assert binding_limits(at, max_num_seqs=64) == [
-        BATCH_LIMIT, KV_CACHE, GPU_BUSY, MEMORY_BANDWIDTH, ENGINE_CPU, HOST_CPU, CLIENT]
+        BATCH_LIMIT, KV_CACHE, GPU_BUSY, MEMORY_BANDWIDTH, HOST_CPU, CLIENT]
+    cpu_backend = {k: v for k, v in at.items() if not k.startswith(("gpu_", "gpm_"))}
+    assert binding_limits(cpu_backend, max_num_seqs=64) == [
+        BATCH_LIMIT, KV_CACHE, ENGINE_CPU, HOST_CPU, CLIENT]
     below = {k: v * 0.99 for k, v in at.items()}
     assert binding_limits(below, max_num_seqs=64) == []
+    assert binding_limits({k: v * 0.99 for k, v in cpu_backend.items()}, max_num_seqs=64) == []
 
 
 def test_vllm_only_limits_do_not_apply_to_the_encoder() -> None:
