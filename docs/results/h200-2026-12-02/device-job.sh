@@ -2,8 +2,8 @@
 # The H200 runs of issue 18, as a job detached from the device calls (each call lays the tree
 # afresh and ends after at most 10 minutes): run from the project root on the GPU machine,
 # after the kit's `device.sh ... install` (../shared/gpu/README.md).
-#   bash docs/results/h200-2026-12-02/device-job.sh start [mps]  copy the tree to /root/cotenant,
-#                                        start the time-sliced campaign (or the MPS capacity)
+#   bash docs/results/h200-2026-12-02/device-job.sh start [JOB...]  copy the tree to /root/cotenant,
+#        run the JOBs one after another: timeslice (default), mps, five, encoders (see `start` below)
 #   bash docs/results/h200-2026-12-02/device-job.sh poll S  wait up to S seconds, print progress
 #   bash docs/results/h200-2026-12-02/device-job.sh pack    each run directory as $OUT/<name>.tar.xz
 set -u
@@ -13,19 +13,24 @@ export PYTHONPATH=/root/site:/root/cotenant PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 
 RUNS=/root/runs
 case ${1:-} in
   start)
+    # JOBS run one after another: timeslice (the pair's campaign), mps (the pair's capacity
+    # under MPS), five (the five-tenant capacity campaign)
+    shift; jobs=${*:-timeslice}
     rm -rf /root/cotenant $RUNS/DONE && mkdir -p /root/cotenant $RUNS
     tar --exclude=./.gpu --exclude=./.venv -cf - . | tar -xf - -C /root/cotenant
     cd /root/cotenant || exit 1
     setsid nohup bash -c '
-      if [ "'${2:-timeslice}'" = mps ]; then
-        python3 -m orchestrator capacity examples/h200-capacity-pair.yaml --sharing mps --out '$RUNS' > '$RUNS'/mps.log 2>&1
-        echo "mps exit $?" >> '$RUNS'/STATUS
-      else
-        python3 -m orchestrator run examples/h200-capacity-pair.yaml --out '$RUNS' > '$RUNS'/timeslice.log 2>&1
-        echo "timeslice exit $?" >> '$RUNS'/STATUS
-      fi
+      for job in '"$jobs"'; do
+        case $job in
+          mps) python3 -m orchestrator capacity examples/h200-capacity-pair.yaml --sharing mps --out '$RUNS' > '$RUNS'/mps.log 2>&1 ;;
+          five) python3 -m orchestrator run examples/h200-five.yaml --out '$RUNS' > '$RUNS'/five.log 2>&1 ;;
+          encoders) python3 -m orchestrator run docs/results/h200-2026-12-02/h200-encoders-alone.yaml --out '$RUNS' > '$RUNS'/encoders.log 2>&1 ;;
+          *) python3 -m orchestrator run examples/h200-capacity-pair.yaml --out '$RUNS' > '$RUNS'/timeslice.log 2>&1 ;;
+        esac
+        echo "$job exit $?" >> '$RUNS'/STATUS
+      done
       echo done >> '$RUNS'/DONE' > $RUNS/job.log 2>&1 < /dev/null &
-    echo "started job $!"; sleep 5; nvidia-smi --query-gpu=name,memory.used --format=csv ;;
+    echo "started job $! ($jobs)"; sleep 5; nvidia-smi --query-gpu=name,memory.used --format=csv ;;
   poll)
     end=$((SECONDS + ${2:-540}))
     while [ $SECONDS -lt $end ] && [ ! -e $RUNS/DONE ]; do sleep 10; done
@@ -34,7 +39,7 @@ case ${1:-} in
       [ -e "$d/campaign.json" ] || continue
       echo "$(basename $d): $(grep -l '"status": "completed"' $d/*/manifest.json 2>/dev/null | wc -l) completed, $(grep -l '"status": "failed"' $d/*/manifest.json 2>/dev/null | wc -l) failed"
     done
-    for f in $RUNS/timeslice.log $RUNS/mps.log; do [ -e $f ] && { echo "== $f"; grep -aE "healthy after|capacity |error|Error|overhead|W " $f | tail -25; }; done
+    for f in $RUNS/timeslice.log $RUNS/mps.log $RUNS/five.log $RUNS/encoders.log; do [ -e $f ] && { echo "== $f"; grep -aE "healthy after|capacity |error|Error|overhead|W " $f | tail -25; }; done
     [ -e $RUNS/DONE ] && echo ALL-DONE ;;
   pack)
     cd $RUNS || exit 1
@@ -42,6 +47,6 @@ case ${1:-} in
       n=${d%/}
       tar --exclude="$n/.cache" --exclude="$n/.mps" -cJf "$OUT/$n.tar.xz" "$n" && ls -la "$OUT/$n.tar.xz"
     done
-    cp timeslice.log mps.log "$OUT/" 2>/dev/null; true ;;
-  *) echo "usage: $0 start | poll SECONDS | pack"; exit 2 ;;
+    cp timeslice.log mps.log five.log "$OUT/" 2>/dev/null; true ;;
+  *) echo "usage: $0 start [timeslice|mps|five|encoders ...] | poll SECONDS | pack"; exit 2 ;;
 esac
