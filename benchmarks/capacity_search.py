@@ -8,7 +8,8 @@ One invocation runs, one after another:
 1. the search: one capacity campaign (``strategy: [capacity]``, ``run_campaign``) that finds
    each tenant's capacity alone and then the pair's scale along its equal-share mix (each
    tenant at the same fraction of its own capacity alone), with the spec's default search
-   settings (tolerance 5%, up to 3 attempts a probe, Clopper-Pearson at 95%) unless flags say
+   settings (tolerance 5%, up to 3 attempts a probe, Clopper-Pearson at 95%, a failure confirmed
+   by a second window) unless flags say
    otherwise;
 2. the grids, each a normal campaign (``experiment.rate_scales`` x ``repetitions``: the way a
    sweep is run without the search; the same resident set, warm-up and idle gate, no early
@@ -151,7 +152,8 @@ def search_spec(a: argparse.Namespace, pair: list[str] | None) -> dict[str, Any]
     spec["name"] = "capacity-search"
     spec["strategy"] = ["capacity"]
     spec["capacity"] = {"tenants": [a.alone], "sets": [pair] if pair else [],
-                        "tolerance": a.tolerance, "max_attempts": a.max_attempts}
+                        "tolerance": a.tolerance, "max_attempts": a.max_attempts,
+                        "confirm_failures": not a.no_confirm}
     return spec
 
 
@@ -401,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="experiment.duration_s of every probe (default 6; quick 4)")
     p.add_argument("--tolerance", type=float, default=0.05, help="capacity.tolerance")
     p.add_argument("--max-attempts", type=int, default=3, help="capacity.max_attempts")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="capacity.confirm_failures off: one failing window fails a probe")
     p.add_argument("--seed", type=int, default=16, help="order seed of every campaign")
     p.add_argument("--out", type=Path, default=Path("/tmp/cotenant-bench-capacity"))
     a = p.parse_args(argv)
@@ -517,7 +521,8 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"alone": a.alone, "pair": pair, "grid_rates": a.rates,
                      "grid_repetitions": a.repetitions, "grid_span": a.span,
                      "duration_s": a.duration, "tolerance": a.tolerance,
-                     "max_attempts": a.max_attempts, "seed": a.seed, "targets": targets},
+                     "max_attempts": a.max_attempts, "confirm_failures": not a.no_confirm,
+                     "seed": a.seed, "targets": targets},
         "goal": {"accuracy": GOAL_ACCURACY, "share": GOAL_SHARE},
         "searches": {k: slim(r) for k, r in results.items()},
         "campaign_wall_s": walls, "load_1m": loads, "cpus": os.cpu_count(), "wall_s": wall, "target_met": met,

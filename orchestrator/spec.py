@@ -82,6 +82,11 @@ class CapacitySettings(_Strict):
     early_stop: Annotated[
         bool, Field(description="End a probe once its misses make the target unreachable")
     ] = True
+    confirm_failures: Annotated[
+        bool, Field(description="A probe fails only when two of its attempts fail (one failing "
+                    "window is repeated first, within max_attempts): a transient on the host "
+                    "fails one window, not the next")
+    ] = True
     min_requests: Annotated[
         int, Field(ge=1, description="A probe's window is lengthened until every tenant expects "
                    "this many requests in it (at most max_window_s)")

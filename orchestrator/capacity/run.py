@@ -238,7 +238,8 @@ class CapacityRun:
                 if failed >= MAX_FAILED_ATTEMPTS:
                     return FAILED, attempts, {}
                 continue
-            decision, verdicts = judge_probe(attempts, s.tenants, targets, c.level, c.max_attempts)
+            decision, verdicts = judge_probe(attempts, s.tenants, targets, c.level, c.max_attempts,
+                                             confirm=c.confirm_failures)
             self._rows(s, index, a, scale, rates, verdicts, decision, targets)
             if decision != REPEAT:
                 break

@@ -155,12 +155,39 @@ def judge_tenant(requests: int, met: int, target: float, level: float, last: boo
     return TenantVerdict(requests, met, att, (lo, hi), PASS if passed else FAIL, BY_POINT)
 
 
+def attempt_fails(a: Attempt, tenants: Sequence[str], targets: Mapping[str, float],
+                  level: float) -> bool:
+    """Whether one completed attempt fails on its own: it stopped early on one of
+    ``tenants``, or one tenant's interval lies wholly below its target."""
+    if a.early_stop and any(a.early_stop.startswith(f"{t}:") for t in tenants):
+        return True
+    return any(c.requests and clopper_pearson(c.met, c.requests, level)[1] < targets[t]
+               for t in tenants if (c := a.counts.get(t)) is not None)
+
+
 def judge_probe(attempts: Sequence[Attempt], tenants: Sequence[str], targets: Mapping[str, float],
-                level: float, max_attempts: int) -> tuple[str, dict[str, TenantVerdict]]:
+                level: float, max_attempts: int, *, confirm: bool = False
+                ) -> tuple[str, dict[str, TenantVerdict]]:
     """The probe's decision over its completed attempts (pooled): fail as soon as one tenant
     fails (by its interval, or an attempt stopped early on it), pass when every tenant
-    passes, else repeat while attempts are left."""
+    passes, else repeat while attempts are left.
+
+    With ``confirm`` a failure must be seen twice: the binomial interval of one window
+    counts its requests as independent, but windows differ by more than that (a transient
+    on the host fails one window and not the next; the experiment, not the request, is the
+    unit of replication). An attempt that fails on its own (``attempt_fails``) is repeated
+    while attempts are left; two failing attempts fail the probe; when a later attempt does
+    not fail, the probe is judged on the attempts that ran their whole window (an attempt
+    stopped early is a truncated window whose counts are biased), as without ``confirm``."""
     done = [a for a in attempts if a.status == "completed"]
+    if confirm and done:
+        fails = sum(attempt_fails(a, tenants, targets, level) for a in done)
+        if fails >= 2 or fails == len(done) == max_attempts:
+            return FAIL, judge_probe(done, tenants, targets, level, max_attempts)[1]
+        if fails == len(done) == 1:  # one failing window: run another before deciding
+            return REPEAT, judge_probe(done, tenants, targets, level, max_attempts)[1]
+        whole = [a for a in done if not a.early_stop]
+        return judge_probe(whole, tenants, targets, level, max_attempts - (len(done) - len(whole)))
     last = len(done) >= max_attempts
     early = {t for a in done if a.early_stop for t in tenants if a.early_stop.startswith(f"{t}:")}
     out: dict[str, TenantVerdict] = {}

@@ -118,10 +118,15 @@ def test_an_slo_no_rate_can_meet_is_capacity_zero_with_the_reason(tmp_path):
     assert cap["capacity_rps"] == 0 and cap["censored"] == "zero"
     assert "missed at every scale probed, down to" in cap["reason"]
     probes = pl.read_parquet(run_dir / "probes.parquet")
-    assert set(probes["decision"]) == {"fail"}
+    # a failure is confirmed by a second window (capacity.confirm_failures): each probe's
+    # first attempt is repeated, its second fails the probe
+    assert set(probes.filter(pl.col("attempt") == 0)["decision"]) == {"repeat"}
+    assert set(probes.filter(pl.col("attempt") == 1)["decision"]) == {"fail"}
+    assert probes["attempt"].max() == 1
     assert probes["offered_rps"].min() == pytest.approx(2.0)
     # each probe stopped as soon as its misses made the target unreachable
-    assert probes["early_stop"].all() and (probes["decided_by"] == "early").all()
+    fails = probes.filter(pl.col("decision") == "fail")
+    assert probes["early_stop"].all() and (fails["decided_by"] == "early").all()
     m = manifests(run_dir)
     assert all("already missed the SLO" in (m[e].get("early_stop") or "")
                for e in probes["experiment_id"])

@@ -129,6 +129,28 @@ def test_the_tenant_that_stopped_a_set_probe_early_failed_first() -> None:
     assert failed_order(v) == ["b", "a"]
 
 
+def test_with_confirm_a_failure_must_be_seen_in_two_windows() -> None:
+    t, targets = ("a",), {"a": 0.9}
+    stop = "a: 12 of its 100 window requests already missed the SLO"
+    early = Attempt("r0", "completed", {"a": TenantCount(40, 28)}, early_stop=stop)
+    fine = _att("r1", a=(100, 99))
+    weak = _att("r2", a=(100, 60))  # interval (0.50, 0.70): below 0.9 on its own
+    # one failing window is repeated, not trusted
+    assert judge_probe([early], t, targets, 0.95, 3, confirm=True)[0] == REPEAT
+    assert judge_probe([early], t, targets, 0.95, 3)[0] == FAIL  # the old rule
+    # a second failing window (early or by its interval) fails the probe
+    assert judge_probe([early, early], t, targets, 0.95, 3, confirm=True)[0] == FAIL
+    assert judge_probe([early, weak], t, targets, 0.95, 3, confirm=True)[0] == FAIL
+    # a clean window after the early stop: judged on the whole windows only (99/100 passes)
+    decision, v = judge_probe([early, fine], t, targets, 0.95, 3, confirm=True)
+    assert decision == PASS and v["a"].requests == 100
+    # no attempt left to confirm with: one failing window fails
+    assert judge_probe([early], t, targets, 0.95, 1, confirm=True)[0] == FAIL
+    # a straddling clean window after the early stop: repeated while attempts are left
+    mid = _att("r3", a=(20, 18))
+    assert judge_probe([early, mid], t, targets, 0.95, 3, confirm=True)[0] == REPEAT
+
+
 def test_mixes_lie_on_the_time_division_line_at_scale_one() -> None:
     caps = {"a": 10.0, "b": 40.0}
     equal = mix_rates(("a", "b"), caps, fractions=ray_fractions(2, 0, 1))
