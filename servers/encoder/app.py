@@ -18,7 +18,7 @@ import contextlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -49,7 +50,7 @@ from servers.encoder.api import (
     request_model,
 )
 from servers.encoder.batcher import BatchStats, MicroBatcher, QueueFull
-from servers.encoder.model import EncoderModel
+from servers.encoder.model import CUDA_ALLOCATOR_STATS, EncoderModel, cuda_allocator_stats
 
 MiB = 1024 * 1024
 
@@ -66,10 +67,26 @@ class EncoderSettings:
     memory_share: float | None = None
 
 
+class _CudaAllocator:
+    """Prometheus collector of the caching allocator's counts at scrape time
+    (``encoder_cuda_<stat>``), on a CUDA device only."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = cuda_allocator_stats(self.device) or {}
+        for key, value in stats.items():
+            name = "encoder_cuda_" + key.replace(".all.current", "").replace(".", "_")
+            yield GaugeMetricFamily(name, CUDA_ALLOCATOR_STATS[key], value=value)
+
+
 class _Metrics:
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, device: str = "cpu") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        if device.startswith("cuda"):
+            r.register(_CudaAllocator(device))
         self.request_latency = Histogram(
             "encoder_request_duration_seconds",
             "Time from a request's arrival to its answer",
@@ -217,7 +234,7 @@ class _Service:
     def __init__(self, model: EncoderModel, settings: EncoderSettings) -> None:
         self.model = model
         self.settings = settings
-        self.metrics = _Metrics(settings.max_batch)
+        self.metrics = _Metrics(settings.max_batch, model.device)
         self.batcher = MicroBatcher(
             model.embed,
             max_batch=settings.max_batch,

@@ -227,6 +227,28 @@ def limit_cuda_memory(share: float, device: str) -> bool:
     return True
 
 
+# torch.cuda.memory_stats() keys: cudaMalloc / cudaFree calls, and how often an allocation
+# found the cache full (at the share's cap) and freed every cached block to retry
+CUDA_ALLOCATOR_STATS = {
+    "num_alloc_retries": "Allocations that freed the whole cache and retried (the share's cap)",
+    "num_device_alloc": "cudaMalloc calls by the caching allocator",
+    "num_device_free": "cudaFree calls by the caching allocator",
+    "reserved_bytes.all.current": "Bytes the caching allocator holds",
+}
+
+
+def cuda_allocator_stats(device: str) -> dict[str, float] | None:
+    """The caching allocator's ``CUDA_ALLOCATOR_STATS`` on a CUDA device; None elsewhere.
+    Cumulative counts: their growth per batch tells an allocator that churns under the
+    memory share's cap (each cudaFree synchronises the device) from one that reuses."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    stats = torch.cuda.memory_stats(torch.device(device))
+    return {k: float(stats.get(k, 0)) for k in CUDA_ALLOCATOR_STATS}
+
+
 def warm_up(model: EncoderModel, *, max_batch: int, full: bool) -> None:
     """One forward pass: a short item, or with ``full`` the largest batch of the longest
     items (so the CUDA allocator holds its peak from the start)."""

@@ -111,6 +111,36 @@ def test_models_health_metrics(model: EncoderModel) -> None:
         'encoder_requests_total{status="200"} 1.0',
     ):
         assert name in text, name
+    assert "encoder_cuda_" not in text  # the allocator's counts exist on a CUDA device only
+
+
+def test_on_cuda_metrics_carry_the_caching_allocators_counts(
+        model: EncoderModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the batch time cannot be told from the GPU's work (issue 18: 30-65 ms batches
+    with the GPU 0.5-3% busy), the allocator's cudaMalloc / cudaFree / retry counts tell
+    whether it churns under the share's cap. No CUDA here: the stats are stood in for."""
+    from servers.encoder import app as app_module
+
+    calls: list[str] = []
+
+    def stats(device: str) -> dict[str, float]:
+        calls.append(device)
+        return {"num_alloc_retries": 3.0, "num_device_alloc": 41.0, "num_device_free": 7.0,
+                "reserved_bytes.all.current": 2.0 ** 30}
+
+    monkeypatch.setattr(app_module, "cuda_allocator_stats", stats)
+    monkeypatch.setattr(model, "device", "cuda:0")
+    app = app_with(model)
+
+    async def go() -> httpx.Response:
+        async with client(app) as c:
+            return await c.get("/metrics")
+
+    text = run(go()).text
+    for line in ("encoder_cuda_num_alloc_retries 3.0", "encoder_cuda_num_device_alloc 41.0",
+                 "encoder_cuda_num_device_free 7.0", "encoder_cuda_reserved_bytes 1.073741824e+09"):
+        assert line in text, line
+    assert calls == ["cuda:0"]  # read at scrape time, from the model's device
 
 
 # ---- errors ------------------------------------------------------------------------------
