@@ -17,7 +17,8 @@ the campaign (``CampaignError``) after stopping the servers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ class GroupContext:
     run_dir: Path
     executor: str
     label: str  # unique per group in a campaign: keeps log files of parallel groups apart
+    # offered the group's running servers when its last experiment is done: a receiver that
+    # returns True owns them (and the stack that stops them), e.g. the campaign's capacity
+    # searches, which then start nothing (``orchestrator.runner``)
+    handoff: Callable[[tuple[str, ...], ResidentSet, ServerStart, ExitStack], bool] | None = None
 
 
 def run_group(
@@ -76,21 +81,25 @@ def run_group(
         outcomes.append(out)
         on_done(out)
 
-    tenants = [spec.tenant(n) for n in pending[0].resident]
-    with sharing(spec, run_dir, ctx.label) as env_for:
+    resident = pending[0].resident
+    tenants = [spec.tenant(n) for n in resident]
+    with ExitStack() as stack:
+        env_for = stack.enter_context(sharing(spec, run_dir, ctx.label))
         residents = ResidentSet(tenants, ctx.mem, run_dir / "logs" / ctx.label, run_dir / ".cache",
                                 env_for=env_for, on_event=log)
+        stack.callback(residents.stop)
         try:
-            try:
-                server = start_and_warm(ctx, residents, log)
-            except Exception as e:  # ServerError quotes the log; anything else: its type too
-                why = str(e) if isinstance(e, ServerError) else f"{type(e).__name__}: {e}"
-                for exp in pending:
-                    done(fail_unstarted(ctx, exp, f"resident set did not start: {why}"))
-                return outcomes
-            _run_pending(ctx, pending, residents, server, log, done, progress)
-        finally:
-            residents.stop()
+            server = start_and_warm(ctx, residents, log)
+        except Exception as e:  # ServerError quotes the log; anything else: its type too
+            why = str(e) if isinstance(e, ServerError) else f"{type(e).__name__}: {e}"
+            for exp in pending:
+                done(fail_unstarted(ctx, exp, f"resident set did not start: {why}"))
+            return outcomes
+        last = _run_pending(ctx, pending, residents, server, log, done, progress)
+        if last is not None and ctx.handoff is not None and not residents.dead():
+            held = stack.pop_all()
+            if not ctx.handoff(resident, residents, last, held):
+                held.close()
     return outcomes
 
 
@@ -129,10 +138,11 @@ def start_and_warm(ctx: GroupContext, residents: ResidentSet, log: Any,
 
 
 def _run_pending(ctx: GroupContext, pending: list[Experiment], residents: ResidentSet,
-                 server: ServerStart, log: Any, done: Any, progress: Any) -> None:
+                 server: ServerStart, log: Any, done: Any, progress: Any) -> ServerStart | None:
     """The experiments one after another; the set restarts (and warms up again) where the
     plan's chunk changes and after a failure that may have left the servers unwell (once,
-    when both fall together)."""
+    when both fall together). Returns the last server start, None when a restart failed or
+    the last experiment failed in a way that may have left the servers unwell."""
     chunk = pending[0].chunk
     restart_why: str | None = None
     for i, exp in enumerate(pending):
@@ -147,7 +157,7 @@ def _run_pending(ctx: GroupContext, pending: list[Experiment], residents: Reside
                 log(f"[red]restart failed:[/] {e}")
                 for other in pending[i:]:
                     done(fail_unstarted(ctx, other, f"resident set could not be restarted: {e}"))
-                return
+                return None
             restart_why = None
         out = run_one(ctx, exp, residents, progress, server)
         done(out)
@@ -158,6 +168,7 @@ def _run_pending(ctx: GroupContext, pending: list[Experiment], residents: Reside
             )
         if out.status == "failed" and out.restart:
             restart_why = "after a failure"
+    return None if restart_why else server
 
 
 def manifest_for(ctx: GroupContext, exp: Experiment, server: ServerStart | None = None

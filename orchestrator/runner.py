@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,7 @@ class _Loop:
         self.spec, self.plan, self.run_dir, self.console = spec, plan, run_dir, console
         self.result, self.ex, self.campaign_data = result, ex, campaign_data
         self.ctx = GroupContext(spec, base, mem, gpu, run_dir, ex.name, "")
+        self.kept: tuple[Any, ...] | None = None  # the last group's servers, for the searches
 
     def run(self, resume: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -221,14 +222,46 @@ class _Loop:
             if self.result.skipped:
                 self.console.print(f"resume: {self.result.skipped} of {total} experiments "
                                    "already completed, skipped")
-            self.round(todo)
-            if self.spec.experiment.precision is not None:
-                self.precision()
-            if "capacity" in self.spec.strategy:
-                self.capacity()
+            with contextlib.ExitStack() as leftover:
+                leftover.callback(self._stop_kept)
+                self.round(todo, handoff=self._keeps_servers())
+                if self.spec.experiment.precision is not None:
+                    self.precision()
+                if "capacity" in self.spec.strategy:
+                    self.capacity()
 
-    def round(self, todo: list[list[Any]]) -> int:
-        """Run each group's ``todo`` (one list a plan group); returns how many completed."""
+    def _keeps_servers(self) -> Any:
+        """The handoff that keeps the last group's running servers for the capacity searches
+        (one start less: on the H200 a start is 47-97 s), where that is safe: the searches'
+        first resident set is that group's, nothing runs after it (one group, no precision
+        rounds, no retries) and the group runs in this process (the serial executor)."""
+        from orchestrator.capacity.run import plan_searches
+        from orchestrator.executors.local import SerialExecutor
+
+        groups = self.plan.groups
+        if ("capacity" not in self.spec.strategy or len(groups) != 1
+                or self.spec.experiment.precision is not None
+                or not isinstance(self.ex, SerialExecutor) or self.ex.retries):
+            return None
+        searches = plan_searches(self.spec)
+        if not searches or searches[0].resident != tuple(groups[0].resident):
+            return None
+
+        def keep(resident: tuple[str, ...], residents: Any, server: Any, stack: Any) -> bool:
+            self._stop_kept()
+            self.kept = (resident, residents, server, stack)
+            return True
+
+        return keep
+
+    def _stop_kept(self) -> None:
+        if self.kept is not None:
+            kept, self.kept = self.kept, None
+            kept[3].close()
+
+    def round(self, todo: list[list[Any]], handoff: Any = None) -> int:
+        """Run each group's ``todo`` (one list a plan group); returns how many completed.
+        ``handoff``: ``GroupContext.handoff`` for this round."""
         completed = 0
 
         def on_done(out: ExperimentOutcome) -> None:
@@ -241,7 +274,8 @@ class _Loop:
             _say(self.progress.console, out)
 
         jobs = [GroupJob(f"g{i}", pending) for i, pending in enumerate(todo) if pending]
-        self.ex.run(self.ctx, jobs, log=self.progress.console.log, on_done=on_done,
+        ctx = replace(self.ctx, handoff=handoff)
+        self.ex.run(ctx, jobs, log=self.progress.console.log, on_done=on_done,
                     progress=self.progress.feed)
         return completed
 
@@ -302,6 +336,11 @@ class _Loop:
         run = CapacityRun(self.ctx, self.plan.order_seed, log=self.progress.console.log,
                           on_probe=on_probe, on_done=on_done, display=self.progress,
                           progress=self.progress.feed)
+        if self.kept is not None:
+            kept, self.kept = self.kept, None
+            run.adopt(*kept)
+            self.progress.console.log("capacity: the searches go on with the last block's "
+                                      f"servers (server lifetime {kept[2].lifetime})")
         run.run()
         self.progress.goal = None
 

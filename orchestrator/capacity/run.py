@@ -119,6 +119,13 @@ class CapacityRun:
         self.stack = ExitStack()  # the resident set's servers (and MPS daemon) while it runs
         self.spec_json = self.spec.model_dump(mode="json")  # what _read's one-probe RunDir needs
 
+    def adopt(self, resident: tuple[str, ...], residents: ResidentSet, server: ServerStart,
+              stack: ExitStack) -> None:
+        """Take over a running, warm resident set (the campaign's last block's) and the stack
+        that stops it: searches on that set start nothing."""
+        self.stack.enter_context(stack)
+        self.residents, self.resident, self.server = residents, tuple(resident), server
+
     # ---- the whole run ----------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:

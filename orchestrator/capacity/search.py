@@ -176,15 +176,18 @@ def judge_probe(attempts: Sequence[Attempt], tenants: Sequence[str], targets: Ma
     counts its requests as independent, but windows differ by more than that (a transient
     on the host fails one window and not the next; the experiment, not the request, is the
     unit of replication). An attempt that fails on its own (``attempt_fails``) is repeated
-    while attempts are left; two failing attempts fail the probe; when a later attempt does
-    not fail, the probe is judged on the attempts that ran their whole window (an attempt
-    stopped early is a truncated window whose counts are biased), as without ``confirm``."""
+    while attempts are left, and a failing and a non-failing attempt get a third; two
+    failing attempts fail the probe; one failing among three (or among the attempts there
+    were room for) leaves the probe to the attempts that ran their whole window (an attempt
+    stopped early is a truncated window whose counts are biased), judged as without
+    ``confirm``."""
     done = [a for a in attempts if a.status == "completed"]
     if confirm and done:
         fails = sum(attempt_fails(a, tenants, targets, level) for a in done)
         if fails >= 2 or fails == len(done) == max_attempts:
             return FAIL, judge_probe(done, tenants, targets, level, max_attempts)[1]
-        if fails == len(done) == 1:  # one failing window: run another before deciding
+        if fails == 1 and len(done) < min(3, max_attempts):
+            # one failing window: run another; one failing and one not: a third decides
             return REPEAT, judge_probe(done, tenants, targets, level, max_attempts)[1]
         whole = [a for a in done if not a.early_stop]
         return judge_probe(whole, tenants, targets, level, max_attempts - (len(done) - len(whole)))

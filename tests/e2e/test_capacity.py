@@ -108,12 +108,18 @@ def test_a_search_survives_a_killed_tenant_and_a_killed_runner_and_converges(tmp
 
 
 def test_an_slo_no_rate_can_meet_is_capacity_zero_with_the_reason(tmp_path):
-    spec = capacity_spec(tmp_path, "never", [ENC], {"enc": {"e2e_ms": 0.001}},
-                         {"tolerance": TOL, "min_rps": {"enc": 2.0}})
+    # after the campaign's own experiment: the searches go on with its servers (one start)
+    spec = write_spec(tmp_path, "never", [ENC], {"enc": LOAD}, strategy=["isolated", "capacity"],
+                      experiment=WINDOWS, slo={"enc": {"e2e_ms": 0.001}},
+                      capacity={"tolerance": TOL, "min_rps": {"enc": 2.0}}, telemetry=TELEMETRY)
     run = Run(spec, tmp_path)
     out = run.finish(300)
     assert run.proc.returncode == 0, out[-3000:]
     run_dir = tmp_path / "never"
+    assert "the searches go on with the last block's servers" in out
+    assert [p.name for p in (run_dir / "logs").rglob("enc.*.log")] == ["enc.0.log"]
+    lifetimes = {e: m.get("server_lifetime") for e, m in manifests(run_dir).items()}
+    assert set(lifetimes.values()) == {0} and "enc__all__x1__r0" in lifetimes
     cap = json.loads((run_dir / "capacity.json").read_text())["tenants"]["enc"]
     assert cap["capacity_rps"] == 0 and cap["censored"] == "zero"
     assert "missed at every scale probed, down to" in cap["reason"]

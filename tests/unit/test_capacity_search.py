@@ -141,14 +141,18 @@ def test_with_confirm_a_failure_must_be_seen_in_two_windows() -> None:
     # a second failing window (early or by its interval) fails the probe
     assert judge_probe([early, early], t, targets, 0.95, 3, confirm=True)[0] == FAIL
     assert judge_probe([early, weak], t, targets, 0.95, 3, confirm=True)[0] == FAIL
-    # a clean window after the early stop: judged on the whole windows only (99/100 passes)
-    decision, v = judge_probe([early, fine], t, targets, 0.95, 3, confirm=True)
-    assert decision == PASS and v["a"].requests == 100
+    # a clean window after the early stop: a third decides; two clean windows outvote it and
+    # the probe is judged on the whole windows only (198/200 passes)
+    assert judge_probe([early, fine], t, targets, 0.95, 3, confirm=True)[0] == REPEAT
+    decision, v = judge_probe([early, fine, fine], t, targets, 0.95, 3, confirm=True)
+    assert decision == PASS and v["a"].requests == 200
+    # with room for two attempts only, the whole window decides
+    assert judge_probe([early, fine], t, targets, 0.95, 2, confirm=True)[0] == PASS
     # no attempt left to confirm with: one failing window fails
     assert judge_probe([early], t, targets, 0.95, 1, confirm=True)[0] == FAIL
-    # a straddling clean window after the early stop: repeated while attempts are left
+    # a straddling clean window after the early stop, with room for four: repeated
     mid = _att("r3", a=(20, 18))
-    assert judge_probe([early, mid], t, targets, 0.95, 3, confirm=True)[0] == REPEAT
+    assert judge_probe([early, mid, mid], t, targets, 0.95, 4, confirm=True)[0] == REPEAT
 
 
 def test_mixes_lie_on_the_time_division_line_at_scale_one() -> None:
