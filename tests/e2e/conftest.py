@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,14 @@ import pytest
 import yaml
 
 from servers.launch import RunningTenant, launch_tenant, wait_tenant
+
+# A suite started in the background of a non-interactive shell (`.ci/run &`, a nohup'd CI
+# job) inherits SIGINT ignored, and so would every runner the tests spawn: Python then
+# installs no KeyboardInterrupt handler, and the tests that press Ctrl-C on a runner see it
+# carry on (seen in a clean-clone run started with `&`). A handled SIGINT is reset to the
+# default on exec, so the runners get Python's usual Ctrl-C again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 from servers.process import stop_all
 from servers.spec import EncoderTenant, VllmTenant
 from tests.e2e.session import SMALL_CAMPAIGN
