@@ -155,14 +155,21 @@ def judge_tenant(requests: int, met: int, target: float, level: float, last: boo
     return TenantVerdict(requests, met, att, (lo, hi), PASS if passed else FAIL, BY_POINT)
 
 
+def stopped_on(attempts: Sequence[Attempt], tenants: Sequence[str]) -> set[str]:
+    """The tenants of ``tenants`` whose certain misses stopped one of ``attempts`` early
+    (``experiment.hopeless_probe`` names the tenant first: ``"<tenant>: ..."``)."""
+    return {t for a in attempts if a.early_stop for t in tenants
+            if a.early_stop.startswith(f"{t}:")}
+
+
 def attempt_fails(a: Attempt, tenants: Sequence[str], targets: Mapping[str, float],
                   level: float) -> bool:
-    """Whether one completed attempt fails on its own: it stopped early on one of
-    ``tenants``, or one tenant's interval lies wholly below its target."""
-    if a.early_stop and any(a.early_stop.startswith(f"{t}:") for t in tenants):
-        return True
-    return any(c.requests and clopper_pearson(c.met, c.requests, level)[1] < targets[t]
-               for t in tenants if (c := a.counts.get(t)) is not None)
+    """Whether one completed attempt fails on its own: ``judge_tenant`` on its counts alone
+    fails one tenant (it stopped early on it, or its interval lies wholly below the target)."""
+    early = stopped_on([a], tenants)
+    counts = {t: a.counts.get(t, TenantCount(0, 0)) for t in tenants}
+    return any(judge_tenant(c.requests, c.met, targets[t], level, last=False,
+                            early=t in early).decision == FAIL for t, c in counts.items())
 
 
 def judge_probe(attempts: Sequence[Attempt], tenants: Sequence[str], targets: Mapping[str, float],
@@ -192,7 +199,7 @@ def judge_probe(attempts: Sequence[Attempt], tenants: Sequence[str], targets: Ma
         whole = [a for a in done if not a.early_stop]
         return judge_probe(whole, tenants, targets, level, max_attempts - (len(done) - len(whole)))
     last = len(done) >= max_attempts
-    early = {t for a in done if a.early_stop for t in tenants if a.early_stop.startswith(f"{t}:")}
+    early = stopped_on(done, tenants)
     out: dict[str, TenantVerdict] = {}
     for t in tenants:
         n = sum(a.counts[t].requests for a in done if t in a.counts)
