@@ -37,13 +37,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import yaml
 
 from servers.launch import RunningTenant, launch_tenant, wait_tenant
 
@@ -56,7 +53,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 from servers.process import stop_all
 from servers.spec import EncoderTenant, VllmTenant
-from tests.e2e.session import SMALL_CAMPAIGN
+from tests.e2e import session as e2e_session
 
 Tenant = VllmTenant | EncoderTenant
 REPO = Path(__file__).resolve().parents[2]
@@ -243,43 +240,43 @@ def resident_tenants(tenant_pool: TenantPool) -> dict[str, RunningTenant]:
 
 
 @pytest.fixture(scope="session")
-def installed_cotenant(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cotenant built as a wheel and installed into a folder of its own (no dependencies:
-    they come from this interpreter's site-packages)."""
-    site = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(build), str(REPO)],
-        check=True, cwd=build, capture_output=True, timeout=300,
-    )
-    wheel = next(build.glob("cotenant-*.whl"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
-         str(wheel)],
-        check=True, capture_output=True, timeout=300,
-    )
-    return site
+def installed_cotenant() -> Path:
+    """cotenant built as a wheel and installed into a folder of its own (begun in the
+    background after collection: ``tests.e2e.session``)."""
+    return Path(e2e_session.take("installed"))
 
 
 @pytest.fixture(scope="session")
-def small_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``SMALL_CAMPAIGN`` run once for the session; its run directory (do not write to it)."""
+def small_campaign() -> Path:
+    """``SMALL_CAMPAIGN`` run once for the session (begun in the background after
+    collection); its run directory (do not write to it)."""
     pytest.importorskip("vllm")
-    tmp = tmp_path_factory.mktemp("small-campaign")
-    spec = tmp / "small.yaml"
-    spec.write_text(yaml.safe_dump(SMALL_CAMPAIGN))
-    res = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", str(spec), "--out", str(tmp / "runs")],
-        cwd=REPO, text=True, capture_output=True, timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return tmp / "runs" / "small"
+    return Path(e2e_session.take("small_campaign"))
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: begin only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test under tests/e2e is an ``e2e`` test."""
+    """Every test under tests/e2e is an ``e2e`` test. Where a collected test needs one of the
+    slow session set-ups (``e2e_session.begin``), the unit tests go first (in their own order)
+    and the set-ups begin now, in the background, to be ready when the e2e tests come."""
     here = Path(__file__).parent
+
+    def is_e2e(item: pytest.Item) -> bool:
+        return here in Path(str(item.fspath)).parents
+
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if is_e2e(item):
             item.add_marker(pytest.mark.e2e)
+    if config.option.collectonly:
+        return
+    wanted = [n for n in ("installed", "small_campaign", "live")
+              if any(n in item.fixturenames or (n == "installed" and "installed_cotenant"
+                                                in item.fixturenames) for item in items)]
+    if wanted:
+        items.sort(key=is_e2e)  # stable: the unit tests first, each part in its own order
+        for name in wanted:
+            e2e_session.begin(name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    e2e_session.stop()

@@ -32,11 +32,16 @@ LOAD = {"kind": "synthetic", "arrival": {"process": "poisson", "rate": 10},
         "input_tokens": {"dist": "fixed", "value": 32}}
 WINDOWS = {"warmup_s": 0.5, "duration_s": 2.5, "drain_s": 2, "seed": 11,
            "warmup": {"deadline_s": 30, "max_rounds": 4}, "idle": {"deadline_s": 10}}
-TOL = 0.25
+TOL = 0.45  # one bisection after the doubling: the fewest probes that still bisect
+
+
+# the searches start at the workload's rate and double: MiniLM alone meets a 60 ms E2E SLO up
+# to about 80-110 req/s here, so starting at 40 brackets it in two doublings
+NEAR_KNEE = {**LOAD, "arrival": {"process": "poisson", "rate": 40}}
 
 
 def capacity_spec(tmp: Path, name: str, tenants: list[dict], slo: dict, capacity: dict) -> Path:
-    return write_spec(tmp, name, tenants, {t["name"]: LOAD for t in tenants},
+    return write_spec(tmp, name, tenants, {t["name"]: NEAR_KNEE for t in tenants},
                       strategy=["capacity"], experiment=WINDOWS, slo=slo, capacity=capacity,
                       telemetry=TELEMETRY)
 
@@ -50,7 +55,7 @@ def test_a_search_survives_a_killed_tenant_and_a_killed_runner_and_converges(tmp
     spec = capacity_spec(tmp_path, "cap", [ENC, enc2],
                          {"enc": {"e2e_ms": 60}, "enc2": {"e2e_ms": 60}},
                          {"sets": [["enc", "enc2"]], "tolerance": TOL, "max_attempts": 1,
-                          "max_probes": 8})
+                          "max_probes": 8, "confirm_failures": False})
     run_dir = tmp_path / "cap"
     run = Run(spec, tmp_path)
     # 1. a tenant killed during a probe: that attempt fails, the set restarts, the search goes on

@@ -15,18 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from servers.process import free_port
-from tests.e2e.session import installed_env
+from tests.e2e import session as e2e_session
+from tests.e2e.session import Live
 from tests.e2e.test_campaign import survivors
 from tests.e2e.test_up import pgids_of
 
@@ -34,45 +31,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).parents[2]
 DECODERS = ("llama-a", "llama-b")
 ENCODER = "minilm"
-
-
-class Live:
-    """The `cotenant up` process, its output as it comes (a reader thread), the ports."""
-
-    def __init__(self, proc: subprocess.Popen, ports: dict[str, int], logs: Path) -> None:
-        self.proc = proc
-        self.ports = ports
-        self.logs = logs
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def out(self, since: int = 0) -> str:
-        return "".join(self.lines[since:])
-
-    def wait_for(self, text: str, timeout: float, since: int = 0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.out(since):
-                return
-            if self.proc.poll() is not None:
-                time.sleep(0.5)  # let the reader drain
-                raise AssertionError(f"`cotenant up` exited ({self.proc.returncode}) before "
-                                     f"{text!r}:\n{self.out()[-4000:]}")
-            time.sleep(0.2)
-        raise AssertionError(f"no {text!r} within {timeout:g} s:\n{self.out(since)[-4000:]}")
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def client(self, name: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url(name) + "/v1", api_key="none", timeout=120,
-                             max_retries=0)
 
 
 def listener_pid(port: int) -> int:
@@ -86,31 +44,17 @@ def listener_pid(port: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, installed_cotenant: Path) -> Iterator[Live]:
-    """`cotenant up` as installed from the wheel, run from a folder outside the repository."""
+def live() -> Iterator[Live]:
+    """`cotenant up` as installed from the wheel, run from a folder outside the repository
+    (begun in the background after collection: ``tests.e2e.session``)."""
     pytest.importorskip("vllm")
-    tmp = tmp_path_factory.mktemp("live")
-    spec = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
-    ports = {t["name"]: free_port() for t in spec["tenants"]}
-    for t in spec["tenants"]:
-        t["port"] = ports[t["name"]]
-    assert set(ports) == {*DECODERS, ENCODER}  # what these tests drive
-    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
-    logs = tmp / "logs"
-    proc = subprocess.Popen(
-        [str(installed_cotenant / "bin" / "cotenant"), "up", str(tmp / "spec.yaml"),
-         "--logs", str(logs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
-        start_new_session=True, env={**installed_env(installed_cotenant), "PYTHONUNBUFFERED": "1"},
-    )
-    lv = Live(proc, ports, logs)
+    lv: Live = e2e_session.take("live")
+    assert set(lv.ports) == {*DECODERS, ENCODER}  # what these tests drive
     try:
         lv.wait_for("Serving", timeout=420)
         yield lv
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        lv.stop(grace_s=30)
 
 
 def test_the_table_and_the_examples_work_as_printed(live: Live) -> None:
