@@ -193,6 +193,46 @@ def server_series(
     return out, startup
 
 
+def print_table(
+    results: dict[str, dict[float, dict[str, Any]]], gaps: list[float], title: str
+) -> dict[str, float]:
+    """The table of every mode and gap; returns each median over its mode's gap-0 median."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    cols = ["mode", "gap ms", "median ms", "p90 ms", "x gap 0", "stages / server (ms)"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("mode", "stages / server (ms)") else "right")
+    ratios: dict[str, float] = {}
+    for mode, per_gap in results.items():
+        base = per_gap[gaps[0]]["total"]
+        for gap, m in per_gap.items():
+            ratio = m["total"] / base
+            ratios[f"{mode}@{gap}"] = round(ratio, 3)
+            if mode == "server":
+                extra = (
+                    f"batch {m['server_batch']:.1f}, wait {m['server_wait']:.1f}, "
+                    f"cudaMalloc {m['cuda_mallocs']:.0f}, cudaFree {m['cuda_frees']:.0f}"
+                )
+            else:
+                extra = (
+                    f"features {m['features']:.2f}, launch {m['launch']:.2f}, sync {m['sync']:.2f}"
+                )
+                if "sm_mhz" in m:
+                    extra += f", SM {m['sm_mhz']:.0f} MHz, P{m['pstate_max']:.0f}"
+            table.add_row(
+                mode,
+                f"{gap * 1000:g}",
+                f"{m['total']:.2f}",
+                f"{m['p90_total']:.2f}",
+                f"{ratio:.2f}",
+                extra,
+            )
+    Console(width=160).print(table)
+    return ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="minilm-l6-shape", help="an encoder preset or folder")
@@ -260,41 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.device, args.share, batches, args.format, gaps, args.n
         )
 
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"encoder {args.model} on {device}: {args.batch} sequences x {args.tokens} tokens"
+    ratios = print_table(
+        results,
+        gaps,
+        f"encoder {args.model} on {device}: {args.batch} sequences x {args.tokens} tokens",
     )
-    cols = ["mode", "gap ms", "median ms", "p90 ms", "x gap 0", "stages / server (ms)"]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("mode", "stages / server (ms)") else "right")
-    ratios: dict[str, float] = {}
-    for mode, per_gap in results.items():
-        base = per_gap[gaps[0]]["total"]
-        for gap, m in per_gap.items():
-            ratio = m["total"] / base
-            ratios[f"{mode}@{gap}"] = round(ratio, 3)
-            if mode == "server":
-                extra = (
-                    f"batch {m['server_batch']:.1f}, wait {m['server_wait']:.1f}, "
-                    f"cudaMalloc {m['cuda_mallocs']:.0f}, cudaFree {m['cuda_frees']:.0f}"
-                )
-            else:
-                extra = (
-                    f"features {m['features']:.2f}, launch {m['launch']:.2f}, sync {m['sync']:.2f}"
-                )
-                if "sm_mhz" in m:
-                    extra += f", SM {m['sm_mhz']:.0f} MHz, P{m['pstate_max']:.0f}"
-            table.add_row(
-                mode,
-                f"{gap * 1000:g}",
-                f"{m['total']:.2f}",
-                f"{m['p90_total']:.2f}",
-                f"{ratio:.2f}",
-                extra,
-            )
-    Console(width=160).print(table)
     worst = max(ratios.items(), key=lambda kv: kv[1]) if ratios else ("", float("nan"))
     print(
         json.dumps(
